@@ -1,0 +1,163 @@
+"""Self-describing checkpoints: ONE ``.safetensors`` file per world.
+
+- tensors: ``codec.*``, ``denoiser.*`` (with the reward/termination heads), ``start.*`` (a few
+  real start clips, so a world can be reset from a seed without the real game);
+- metadata (strings): ``format`` = ``worldsim``, ``format_version``, ``config`` (every config
+  dataclass as JSON, the action spec, fps), ``provenance`` (data, training stages, versions).
+
+Loading never unpickles. Every way a file can be wrong raises :class:`CheckpointError` with a
+message that names the problem. Writes are atomic (temp file + ``os.replace``), so a killed
+process never leaves a half-written checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+FORMAT = "worldsim"
+FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, of another format/version, or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- dataclasses <-> JSON
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def from_jsonable(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass from :func:`to_jsonable` output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise CheckpointError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_jsonable(tp, value)  # type: ignore[arg-type]
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return from_jsonable(arg, value)  # type: ignore[arg-type]
+            if typing.get_origin(arg) is tuple and isinstance(value, list):
+                return tuple(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- file level
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Parse and check a safetensors header without loading tensors."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint file at {p}")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{p} is truncated or empty ({size} bytes): not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 * 2**20):
+            raise CheckpointError(f"{p} is truncated or not a safetensors file (header claims {n} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{p} has a corrupt safetensors header: {e}") from e
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{p} is truncated: tensor data needs {8 + n + end} bytes, the file has {size}")
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is a safetensors file but not a worldsim checkpoint (format={meta.get('format')!r})")
+    version = int(meta.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} has checkpoint format version {version}; this worldsim reads version {FORMAT_VERSION}"
+        )
+    return header
+
+
+def load_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and decoded metadata (``config`` and ``provenance`` parsed from JSON)."""
+    from safetensors.torch import load_file as st_load
+
+    header = read_header(path)
+    try:
+        tensors = st_load(str(path), device=str(device))
+    except Exception as e:  # corrupt offsets, dtype, ...
+        raise CheckpointError(f"{path} could not be read: {e}") from e
+    meta = dict(header.get("__metadata__") or {})
+    for key in ("config", "provenance"):
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    return tensors, meta
+
+
+def save_file(path: str | Path, tensors: dict[str, torch.Tensor], config: Any, provenance: dict[str, Any]) -> None:
+    """Write tensors + metadata atomically."""
+    from safetensors.torch import save_file as st_save
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(to_jsonable(config)),
+        "provenance": json.dumps(to_jsonable(provenance)),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path = "") -> None:
+    """Load ``prefix.*`` tensors into a module; missing tensors and shape mismatches are named."""
+    own = module.state_dict()
+    sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    missing = sorted(set(own) - set(sub))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor(s) {', '.join(prefix + '.' + m for m in missing[:5])}")
+    for k, v in own.items():
+        if tuple(sub[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{path}: shape mismatch for {prefix}.{k}: checkpoint {tuple(sub[k].shape)}, model {tuple(v.shape)}"
+            )
+    unexpected = sorted(set(sub) - set(own))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {', '.join(prefix + '.' + u for u in unexpected[:5])}")
+    module.load_state_dict(sub, strict=True)

@@ -1,0 +1,209 @@
+"""``worldsim train <world> --stage codec|teacher|student|self-forcing``.
+
+Stages chain through their run folders (``--runs``, default ``runs/``)::
+
+    runs/<world>/codec/world.safetensors         codec trained, denoiser untrained
+    runs/<world>/teacher/world.safetensors       + Diffusion Forcing teacher (many-step sampler)
+    runs/<world>/student/world.safetensors       + few-step student (ODE regression)
+    runs/<world>/self-forcing/world.safetensors  + Self Forcing (DMD); --export copies it into envs/
+
+Config: defaults live in each stage's dataclass; a bundled world's ``WorldDef.train`` overrides
+them; ``--set section.field=value`` overrides both (sections: model.codec, model.denoiser,
+model.cache, model.sampler, codec, teacher, student, self_forcing). Multi-process:
+``torchrun --nproc-per-node 2 -m worldsim.train.cli <world> --stage teacher``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.checkpoint import to_jsonable
+from worldsim.engine.cache import CacheConfig
+from worldsim.engine.sampler import SamplerConfig
+from worldsim.engine.world import WorldConfig, WorldModel, default_device
+from worldsim.model.codec import CodecConfig
+from worldsim.model.denoiser import DenoiserConfig
+from worldsim.train.codec_stage import CodecTrainConfig, train_codec
+from worldsim.train.data import ClipSampler, encode_episodes, load_aligned
+from worldsim.train.loop import init_distributed, seed_everything
+from worldsim.train.self_forcing import SelfForcingConfig, train_self_forcing
+from worldsim.train.student import StudentTrainConfig, train_student
+from worldsim.train.teacher import TeacherTrainConfig, train_teacher
+
+log = logging.getLogger(__name__)
+
+STAGES = ("codec", "teacher", "student", "self-forcing")
+STAGE_CONFIGS: dict[str, type] = {
+    "codec": CodecTrainConfig,
+    "teacher": TeacherTrainConfig,
+    "student": StudentTrainConfig,
+    "self_forcing": SelfForcingConfig,
+}
+MODEL_CONFIGS: dict[str, type] = {
+    "model.codec": CodecConfig,
+    "model.denoiser": DenoiserConfig,
+    "model.cache": CacheConfig,
+    "model.sampler": SamplerConfig,
+}
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise SystemExit(f"--set expects section.field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        section, field = key.rsplit(".", 1)
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        out.setdefault(section, {})[field] = parsed
+    return out
+
+
+def _build(cls: type, *overrides: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for o in overrides:
+        for k, v in o.items():
+            if k not in names:
+                raise SystemExit(f"{cls.__name__} has no field {k!r}; fields: {', '.join(sorted(names))}")
+            merged[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**merged)
+
+
+def world_config(name: str, spec: Any, fps: int, recipe: dict[str, Any], sets: dict[str, dict[str, Any]]) -> WorldConfig:
+    codec = _build(CodecConfig, recipe.get("model.codec", {}), sets.get("model.codec", {}))
+    den = _build(
+        DenoiserConfig,
+        {"latent_channels": codec.latent_channels, "latent_size": codec.latent_size},
+        recipe.get("model.denoiser", {}),
+        sets.get("model.denoiser", {}),
+    )
+    cache = _build(CacheConfig, recipe.get("model.cache", {}), sets.get("model.cache", {}))
+    sampler = _build(SamplerConfig, recipe.get("model.sampler", {}), sets.get("model.sampler", {}))
+    extra = {**recipe.get("model", {}), **sets.get("model", {})}
+    return WorldConfig(action_space=spec, name=name, fps=fps, codec=codec, denoiser=den, sampler=sampler, cache=cache, **extra)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("world", help="bundled world name (its recipe) or any name with --data")
+    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--data", type=Path, help="recorded data folder (default data/<world>)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="run folders root")
+    parser.add_argument("--run-name", default=None, help="run folder name (default: the stage, or self-forcing-<mode>)")
+    parser.add_argument("--mode", choices=("self", "teacher", "diffusion"), default="self",
+                        help="self-forcing stage: context = own rollout (self), ground truth (teacher), noisy ground truth (diffusion)")
+    parser.add_argument("--steps", type=int, help="override the stage's step count")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last state")
+    parser.add_argument("--export", action="store_true", help="copy the result to envs/<world>/<world>.safetensors")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def main(args: argparse.Namespace) -> int:
+    d = init_distributed()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    if d.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", d.rank % torch.cuda.device_count())
+    sets = _parse_sets(args.set)
+    recipe: dict[str, Any] = {}
+    fps, world_def = 15, None
+    try:
+        from worldsim.worlds import get_world
+
+        world_def = get_world(args.world)
+        recipe, fps = dict(world_def.train), world_def.fps
+    except KeyError:
+        if args.data is None:
+            raise SystemExit(f"unknown world {args.world!r}: pass --data for your own recording") from None
+    data = args.data or Path("data") / args.world
+    if not (data / "manifest.json").exists():
+        raise SystemExit(f"no recorded data at {data}: run `worldsim record {args.world} --out {data}` first")
+    stage_key = args.stage.replace("-", "_")
+    stage_cfg = _build(STAGE_CONFIGS[stage_key], recipe.get(stage_key, {}), sets.get(stage_key, {}),
+                       {"steps": args.steps} if args.steps else {})
+    root = args.runs / args.world
+    run_name = args.run_name or (args.stage if args.stage != "self-forcing" or args.mode == "self" else f"self-forcing-{args.mode}")
+    run_dir = root / run_name
+    seed_everything(getattr(stage_cfg, "seed", 0) + d.rank)
+    t0 = time.time()
+    train_eps, spec = load_aligned(data, "train")
+    val_eps, _ = load_aligned(data, "val")
+    provenance: dict[str, Any] = {}
+
+    if args.stage == "codec":
+        wcfg = world_config(args.world, spec, fps, recipe, sets)
+        world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume)
+        world.start_frames, world.start_actions = start_clips(val_eps + train_eps, wcfg.context_frames)
+    else:
+        prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student"}[args.stage]
+        world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32)
+        provenance = dict(world.provenance)
+        if "model.sampler" in sets or "model.cache" in sets:  # e.g. a student with another step count
+            world.config.sampler = _build(SamplerConfig, dataclasses.asdict(world.config.sampler), sets.get("model.sampler", {}))
+            world.config.cache = _build(CacheConfig, dataclasses.asdict(world.config.cache), sets.get("model.cache", {}))
+        lat_train = encode_episodes(world.codec, train_eps, device)
+        clip_len = stage_cfg.clip_len
+        sampler = ClipSampler(lat_train, clip_len, seed=stage_cfg.seed + d.rank, term_boost=getattr(stage_cfg, "term_boost", 0.0))
+        if args.stage == "teacher":
+            metrics = train_teacher(stage_cfg, world, sampler, run_dir, device, d, args.resume)
+            world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), cfg_scale=1.5)
+        elif args.stage == "student":
+            metrics = train_student(stage_cfg, world, sampler, run_dir, device, d, args.resume)
+        else:
+            teacher = WorldModel.load(root / "teacher" / "world.safetensors", device=device, dtype=torch.float32)
+            metrics = train_self_forcing(stage_cfg, world, teacher, sampler, run_dir, device, d, args.resume, args.mode)
+    wall = time.time() - t0
+    provenance[args.stage if args.mode == "self" else f"{args.stage}-{args.mode}"] = {
+        "config": to_jsonable(stage_cfg),
+        "wall_seconds": round(wall, 1),
+        "processes": d.world_size,
+        "device": str(device),
+        "data": str(data),
+        "train_frames": sum(len(e) for e in train_eps),
+        "metrics": metrics,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+    }
+    if d.main:
+        out = run_dir / "world.safetensors"
+        world.save(out, provenance)
+        (run_dir / "summary.json").write_text(json.dumps({"wall_seconds": wall, **metrics}, indent=2))
+        log.info("%s done in %.1f min: %s -> %s", args.stage, wall / 60, json.dumps(metrics), out)
+        if args.export:
+            if world_def is None:
+                raise SystemExit("--export needs a bundled world")
+            shutil.copyfile(out, world_def.checkpoint)
+            log.info("exported to %s", world_def.checkpoint)
+    return 0
+
+
+def start_clips(eps: list[Any], K: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first K frames of up to n episodes: how the real game starts."""
+    chosen = [e for e in eps if len(e) >= K][:n]
+    frames = torch.from_numpy(np.stack([e.frames[:K] for e in chosen]))
+    actions = torch.from_numpy(np.stack([e.actions[:K] for e in chosen]))
+    return frames, actions
+
+
+if __name__ == "__main__":  # torchrun entry point
+    from worldsim.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -1,0 +1,133 @@
+"""Training batches: recorded episodes, aligned per frame, sampled as fixed-length clips.
+
+Per frame j of an episode (frames[0] is the reset observation):
+
+- ``action[j]`` is the action that PRODUCED frame j (episode.actions[j-1]); null for j = 0,
+- ``has_action[j]`` is False only for j = 0,
+- ``reward[j]`` / ``terminated[j]`` come with entering frame j.
+
+The denoiser trains on latents, so episodes are encoded once by the codec and kept in memory
+(a 60k-frame data set is ~250 MB of fp32 latents); the codec stage samples pixel frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldsim.spaces import ActionSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AlignedEpisode:
+    frames: np.ndarray  # (L+1, H, W, 3) uint8 (or latents (L+1, C, h, w) float32 once encoded)
+    actions: np.ndarray  # (L+1, ...) action that produced each frame
+    has_action: np.ndarray  # (L+1,) bool
+    rewards: np.ndarray  # (L+1,) float32
+    terminated: np.ndarray  # (L+1,) bool
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T, ...) frames uint8 or latents float
+    action: torch.Tensor  # (B, T, ...)
+    has_action: torch.Tensor  # (B, T) bool
+    reward: torch.Tensor  # (B, T) float
+    terminated: torch.Tensor  # (B, T) bool
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.x, self.action, self.has_action, self.reward, self.terminated)))
+
+
+def align(ep: object, spec: ActionSpec) -> AlignedEpisode:
+    """Per-frame alignment of a recorded ``worldsim.data.Episode``."""
+    frames = np.asarray(ep.frames)  # type: ignore[attr-defined]
+    acts = np.asarray(ep.actions)  # type: ignore[attr-defined]
+    L = len(acts)
+    null = spec.null(1)
+    actions = np.concatenate([null.astype(acts.dtype), acts.reshape(L, *null.shape[1:])], axis=0)
+    has = np.ones(L + 1, dtype=bool)
+    has[0] = False
+    rewards = np.concatenate([[0.0], np.asarray(ep.rewards, dtype=np.float32)]).astype(np.float32)  # type: ignore[attr-defined]
+    term = np.concatenate([[False], np.asarray(ep.terminated, dtype=bool)])  # type: ignore[attr-defined]
+    return AlignedEpisode(frames, actions, has, rewards, term)
+
+
+def load_aligned(dirs: str | Path | Sequence[str | Path], split: str | None) -> tuple[list[AlignedEpisode], ActionSpec]:
+    from worldsim.data import action_spec, load_episodes
+
+    first = dirs[0] if isinstance(dirs, (list, tuple)) else dirs
+    spec = action_spec(first)
+    eps = [align(e, spec) for e in load_episodes(dirs, split=split)]
+    if not eps:
+        raise ValueError(f"no {split} episodes in {dirs}")
+    log.info("loaded %d %s episodes, %d frames", len(eps), split, sum(len(e) for e in eps))
+    return eps, spec
+
+
+@torch.no_grad()
+def encode_episodes(codec: torch.nn.Module, eps: list[AlignedEpisode], device: torch.device, chunk: int = 512) -> list[AlignedEpisode]:
+    """Replace frames by normalised codec latents (float32, on CPU)."""
+    out = []
+    for e in eps:
+        lat = [codec.encode(torch.from_numpy(np.ascontiguousarray(e.frames[i : i + chunk])).to(device)).float().cpu()  # type: ignore[operator]
+               for i in range(0, len(e.frames), chunk)]
+        out.append(AlignedEpisode(torch.cat(lat).numpy(), e.actions, e.has_action, e.rewards, e.terminated))
+    return out
+
+
+class ClipSampler:
+    """Uniformly random clips of ``clip_len`` frames that never cross an episode end.
+
+    Sampling uses its own ``np.random.Generator`` (its state is part of resumable training state).
+    """
+
+    def __init__(self, eps: list[AlignedEpisode], clip_len: int, seed: int = 0, term_boost: float = 0.0) -> None:
+        self.eps = [e for e in eps if len(e) >= clip_len]
+        if not self.eps:
+            raise ValueError(f"no episode is at least {clip_len} frames long")
+        self.T = clip_len
+        starts = np.array([len(e) - clip_len + 1 for e in self.eps], dtype=np.float64)
+        self.p = starts / starts.sum()
+        self.rng = np.random.default_rng(seed)
+        # Optionally over-sample clips that end on a terminal frame (rare events for the heads).
+        self.term_boost = term_boost
+        self.term_eps = [i for i, e in enumerate(self.eps) if e.terminated[-1]]
+
+    @property
+    def frames(self) -> int:
+        return sum(len(e) for e in self.eps)
+
+    def sample(self, batch: int) -> Batch:
+        T = self.T
+        xs, acts, has, rew, term = [], [], [], [], []
+        for _ in range(batch):
+            if self.term_eps and self.rng.random() < self.term_boost:
+                i = int(self.term_eps[self.rng.integers(len(self.term_eps))])
+                s = len(self.eps[i]) - T
+            else:
+                i = int(self.rng.choice(len(self.eps), p=self.p))
+                s = int(self.rng.integers(len(self.eps[i]) - T + 1))
+            e = self.eps[i]
+            xs.append(e.frames[s : s + T])
+            acts.append(e.actions[s : s + T])
+            has.append(e.has_action[s : s + T])
+            rew.append(e.rewards[s : s + T])
+            term.append(e.terminated[s : s + T])
+        return Batch(
+            torch.from_numpy(np.stack(xs)),
+            torch.from_numpy(np.stack(acts)),
+            torch.from_numpy(np.stack(has)),
+            torch.from_numpy(np.stack(rew)),
+            torch.from_numpy(np.stack(term)),
+        )

@@ -1,0 +1,228 @@
+"""Stage 4: Self Forcing, and its Teacher Forcing / Diffusion Forcing baselines.
+
+The student rolls a clip out autoregressively *during training*, exactly as the engine does at
+inference: the given context frames are committed to a KV cache, then every new frame is
+denoised in a few steps through the cache and its clean pass is committed. Per frame a random
+exit step is drawn and only that denoising step runs with gradient (gradient truncation); the
+cache is written without gradient, so context K/V carries none.
+
+The whole generated clip is scored by distribution matching (DMD): the real score is the
+teacher with classifier-free guidance on the actions, the fake score a critic initialised from
+the teacher and trained online (flow matching) on the student's own samples, ``critic_steps``
+critic updates per student update (AdamW with beta1 = 0). The exported weights are an EMA of
+the student.
+
+``mode`` selects what the student's context is while it rolls out, everything else (loss,
+data, budget) equal:
+
+- ``self``: its own generated frames (Self Forcing);
+- ``teacher``: the ground-truth clean frames (Teacher Forcing);
+- ``diffusion``: ground-truth frames noised to a random level (Diffusion Forcing).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from worldsim.engine.cache import KVCache
+from worldsim.engine.sampler import commit_frame, denoise_frame
+from worldsim.engine.world import WorldModel
+from worldsim.model.denoiser import CausalDenoiser
+from worldsim.train.data import Batch, ClipSampler
+from worldsim.train.loop import Checkpointer, Dist, RunLog, ema_update, sync_grads
+from worldsim.train.losses import add_noise, dmd_loss, flow_loss, head_loss, x0_from_v
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelfForcingConfig:
+    steps: int = 400
+    """Student (generator) updates."""
+    batch: int = 8
+    """Clips per batch (per process)."""
+    clip_len: int = 8
+    """Frames per clip: ``context`` given + the rest generated."""
+    context: int = 2
+    """Ground-truth frames given before the rollout (as the engine's reset)."""
+    lr: float = 5e-5
+    """Student AdamW learning rate (betas 0, 0.999 as the reference)."""
+    critic_lr: float = 1e-4
+    """Critic AdamW learning rate."""
+    critic_steps: int = 2
+    """Critic updates per student update; the first reuses the student's rollout."""
+    cfg_scale: float = 2.0
+    """Guidance on the action in the real (teacher) score."""
+    t_min: float = 0.02
+    """DMD noise levels are drawn from [t_min, t_max]."""
+    t_max: float = 0.98
+    ema: float = 0.99
+    """EMA decay of the exported student weights."""
+    head_weight: float = 0.1
+    """Weight of the head loss (heads re-fit on ground-truth frames; backbone not touched)."""
+    term_boost: float = 0.1
+    """Share of clips sampled to end on a terminal frame."""
+    save_every: int = 50
+    """Steps between resumable checkpoints."""
+    seed: int = 0
+
+
+def rollout(
+    student: CausalDenoiser,
+    cache: KVCache,
+    b: Batch,
+    context: int,
+    schedule: list[float],
+    mode: str = "self",
+    grad: bool = True,
+) -> torch.Tensor:
+    """Generate frames context..T-1 of the clip autoregressively; returns (B, T - context, C, h, w).
+
+    With ``grad``, each frame's exit step (uniform over the schedule) carries gradient and the
+    output of that step is the frame; without, every frame runs the full schedule.
+    """
+    B, T = b.has_action.shape
+    cache.reset()
+    for k in range(context):
+        commit_frame(student, cache, b.x[:, k : k + 1], b.action[:, k : k + 1], b.has_action[:, k : k + 1])
+    outs = []
+    S = len(schedule)
+    for i in range(context, T):
+        a, h = b.action[:, i : i + 1], b.has_action[:, i : i + 1]
+        noise = torch.randn(B, S, *b.x.shape[2:], device=b.x.device)
+        exit_step = int(torch.randint(S, (1,))) if grad else None
+        with torch.set_grad_enabled(grad):
+            x0 = denoise_frame(student, cache, a, h, noise, schedule, exit_step=exit_step)
+        outs.append(x0)
+        if mode == "self":
+            commit_frame(student, cache, x0, a, h)
+        elif mode == "teacher":
+            commit_frame(student, cache, b.x[:, i : i + 1], a, h)
+        elif mode == "diffusion":
+            tc = torch.rand(B, 1, device=b.x.device)
+            noisy = add_noise(b.x[:, i : i + 1], tc, torch.randn_like(b.x[:, i : i + 1]))
+            commit_frame(student, cache, noisy, a, h, t=tc)
+        else:
+            raise ValueError(f"unknown mode {mode!r}: self, teacher or diffusion")
+    return torch.cat(outs, dim=1)
+
+
+def _score_inputs(x_full: torch.Tensor, context: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise generated frames (>= context) at per-sample level t (B,); context stays clean."""
+    B, T = x_full.shape[:2]
+    tt = t.view(B, 1).expand(B, T).clone()
+    tt[:, :context] = 0
+    eps = torch.randn_like(x_full)
+    return add_noise(x_full, tt, eps), tt, eps
+
+
+def train_self_forcing(
+    cfg: SelfForcingConfig,
+    world: WorldModel,
+    teacher_world: WorldModel,
+    sampler: ClipSampler,
+    run_dir: Path,
+    device: torch.device,
+    d: Dist,
+    resume: bool = False,
+    mode: str = "self",
+) -> dict[str, float]:
+    student = world.denoiser
+    teacher = teacher_world.denoiser.eval().requires_grad_(False)
+    critic = copy.deepcopy(teacher).train().requires_grad_(True)
+    ema = copy.deepcopy(student).eval().requires_grad_(False)
+    student.train().requires_grad_(True)
+    schedule = world.config.sampler.schedule()
+    opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.01)
+    opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=(0.0, 0.999), weight_decay=0.01)
+    ck = Checkpointer(
+        run_dir / "state.pt",
+        {"student": student, "critic": critic, "ema": ema},
+        {"opt_g": opt_g, "opt_c": opt_c},
+        {"data": sampler.rng},
+    )
+    start = ck.restore() if resume else 0
+    run = RunLog(run_dir, cfg.steps, start, f"self-forcing[{mode}]", d.main)
+    cache = KVCache(student.cfg, world.config.cache, cfg.batch, device)
+    if cfg.clip_len > world.config.cache.capacity + 1:
+        log.warning("clip_len %d exceeds cache capacity + 1 (%d): the rollout rolls the cache", cfg.clip_len,
+                    world.config.cache.capacity + 1)
+    K = cfg.context
+    metrics: dict[str, float] = {}
+    for step in range(start, cfg.steps):
+        # ---- student update: rollout with truncated gradient, DMD on the whole clip
+        b = sampler.sample(cfg.batch).to(device)
+        B, T = b.has_action.shape
+        gen = rollout(student, cache, b, K, schedule, mode, grad=True)  # (B, T-K, ...)
+        x_full = torch.cat([b.x[:, :K], gen], dim=1)
+        gen_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
+        gen_mask[:, K:] = True
+        with torch.no_grad():
+            t = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, device=device)
+            xt, tt, _ = _score_inputs(x_full.detach(), K, t)
+            v_c = teacher(xt, tt, b.action, b.has_action).v
+            v_u = teacher(xt, tt, b.action, torch.zeros_like(b.has_action)).v
+            x0_real = x0_from_v(xt, tt, v_u + cfg.cfg_scale * (v_c - v_u))
+            x0_fake = x0_from_v(xt, tt, critic(xt, tt, b.action, b.has_action).v)
+        g_loss = dmd_loss(x_full, x0_real, x0_fake, gen_mask)
+        # Heads: re-fit on ground truth with the backbone's features detached.
+        with torch.no_grad():
+            pooled = student(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
+        hout = type_out(student, pooled)
+        h_loss, hm = head_loss(hout, b.reward, b.terminated, b.has_action)
+        opt_g.zero_grad(set_to_none=True)
+        (g_loss + cfg.head_weight * h_loss).backward()
+        sync_grads(list(student.parameters()), d)
+        g_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt_g.step()
+        ema_update(ema, student, cfg.ema)
+
+        # ---- critic updates: flow matching on the student's samples
+        c_losses = []
+        for j in range(cfg.critic_steps):
+            if j == 0:
+                fake = gen.detach()
+            else:
+                b = sampler.sample(cfg.batch).to(device)
+                with torch.no_grad():
+                    fake = rollout(student, cache, b, K, schedule, mode, grad=False)
+            xf = torch.cat([b.x[:, :K], fake], dim=1)
+            tc = torch.rand(B, T, device=device)
+            tc[:, :K] = 0
+            eps = torch.randn_like(xf)
+            out = critic(add_noise(xf, tc, eps), tc, b.action, b.has_action)
+            c_loss = flow_loss(out.v, xf, eps, gen_mask)
+            opt_c.zero_grad(set_to_none=True)
+            c_loss.backward()
+            sync_grads(list(critic.parameters()), d)
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+            opt_c.step()
+            c_losses.append(c_loss.item())
+        run.advance()
+        if step % 5 == 0 or step == cfg.steps - 1:
+            metrics = {"dmd": g_loss.item(), "critic": sum(c_losses) / len(c_losses), "grad_norm": g_norm.item(), **hm}
+            run.log(step, **metrics)
+        if d.main and ((step + 1) % cfg.save_every == 0 or step == cfg.steps - 1):
+            ck.save(step + 1)
+    run.close()
+    # Export the EMA weights.
+    student.load_state_dict(ema.state_dict())
+    student.eval().requires_grad_(False)
+    return {f"sf_{k}": v for k, v in metrics.items()}
+
+
+def type_out(model: CausalDenoiser, pooled: torch.Tensor):  # type: ignore[no-untyped-def]
+    """Head outputs from detached pooled features (only the heads get gradient)."""
+    from worldsim.model.denoiser import DenoiserOutput
+
+    return DenoiserOutput(
+        v=pooled.new_zeros(0),
+        reward=model.reward_head(pooled).squeeze(-1),
+        term_logit=model.term_head(pooled).squeeze(-1),
+        pooled=pooled,
+    )

@@ -1,0 +1,111 @@
+"""Stage 2: the teacher, a many-step causal denoiser trained with Diffusion Forcing.
+
+Every frame of a clip gets its own noise level (some frames exactly clean, as the engine's
+cache passes are); the block-causal transformer predicts each frame's velocity from the
+(noisy) frames before it and its action. Whole clips lose their actions with probability
+``action_dropout`` so classifier-free guidance on the action works. The reward and termination
+heads are trained on the clean frames. The teacher is the "real score" of Self Forcing's DMD
+loss and the initialisation of the student and the critic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from worldsim.engine.world import WorldModel
+from worldsim.train.data import ClipSampler
+from worldsim.train.loop import Checkpointer, Dist, RunLog, sync_grads
+from worldsim.train.losses import add_noise, flow_loss, head_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherTrainConfig:
+    steps: int = 4000
+    """Optimizer steps."""
+    batch: int = 16
+    """Clips per batch (per process)."""
+    clip_len: int = 8
+    """Frames per clip; cover the engine's cache capacity + 1 so every position is trained."""
+    lr: float = 4e-4
+    """AdamW peak learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup: int = 200
+    """Warm-up steps."""
+    clean_prob: float = 0.2
+    """Probability that a frame is exactly clean (t = 0), like the context the engine caches."""
+    action_dropout: float = 0.1
+    """Probability that a whole clip is trained with the null action (for guidance)."""
+    head_weight: float = 0.1
+    """Weight of the reward/termination head loss."""
+    term_boost: float = 0.1
+    """Share of clips sampled to end on a terminal frame (episode ends are rare)."""
+    save_every: int = 500
+    """Steps between resumable checkpoints."""
+    seed: int = 0
+
+
+def cosine_warmup(opt: torch.optim.Optimizer, steps: int, warmup: int, floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    import math
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        p = min(1.0, (s - warmup) / max(1, steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def sample_df_timesteps(B: int, T: int, clean_prob: float, device: torch.device) -> torch.Tensor:
+    t = torch.rand(B, T, device=device)
+    return torch.where(torch.rand(B, T, device=device) < clean_prob, torch.zeros_like(t), t)
+
+
+def train_teacher(
+    cfg: TeacherTrainConfig,
+    world: WorldModel,
+    sampler: ClipSampler,
+    run_dir: Path,
+    device: torch.device,
+    d: Dist,
+    resume: bool = False,
+) -> dict[str, float]:
+    model = world.denoiser
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    sched = cosine_warmup(opt, cfg.steps, cfg.warmup)
+    ck = Checkpointer(run_dir / "state.pt", {"denoiser": model}, {"opt": opt, "sched": sched}, {"data": sampler.rng})
+    start = ck.restore() if resume else 0
+    run = RunLog(run_dir, cfg.steps, start, "teacher", d.main)
+    metrics: dict[str, float] = {}
+    for step in range(start, cfg.steps):
+        b = sampler.sample(cfg.batch).to(device)
+        B, T = b.has_action.shape
+        t = sample_df_timesteps(B, T, cfg.clean_prob, device)
+        eps = torch.randn_like(b.x)
+        xt = add_noise(b.x, t, eps)
+        drop = torch.rand(B, 1, device=device) < cfg.action_dropout
+        out = model(xt, t, b.action, b.has_action & ~drop)
+        fl = flow_loss(out.v, b.x, eps, t > 0)
+        hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
+        loss = fl + cfg.head_weight * hl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync_grads(list(model.parameters()), d)
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        run.advance()
+        if step % 20 == 0 or step == cfg.steps - 1:
+            metrics = {"loss": fl.item(), "grad_norm": gn.item(), "lr": sched.get_last_lr()[0], **hm}
+            run.log(step, **metrics)
+        if d.main and ((step + 1) % cfg.save_every == 0 or step == cfg.steps - 1):
+            ck.save(step + 1)
+    run.close()
+    model.eval().requires_grad_(False)
+    return {f"teacher_{k}": v for k, v in metrics.items()}
