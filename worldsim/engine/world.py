@@ -226,7 +226,7 @@ class Session:
         from one of the world's start clips, chosen with the row's seed.
         """
         rows = self._rows(rows)
-        if seed is not None or not self._started[rows].all():
+        if seed is not None:
             self._seed_rows(rows, seed)
         spec, K = self.world.action_spec, self.world.config.context_frames
         if frames is None:

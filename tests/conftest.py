@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random-weight worlds saved as real checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_world_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Discrete(2) tiny world checkpoint (random weights)."""
+    from worldsim.testing import tiny_world
+
+    path = tmp_path_factory.mktemp("worlds") / "tiny.safetensors"
+    tiny_world().save(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_world():  # type: ignore[no-untyped-def]
+    from worldsim.testing import tiny_world as make
+
+    return make()
