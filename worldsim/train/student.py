@@ -90,9 +90,11 @@ def train_student(
     device: torch.device,
     d: Dist,
     resume: bool = False,
+    teacher: CausalDenoiser | None = None,
 ) -> dict[str, float]:
+    """Regress ``world``'s denoiser onto ``teacher``'s ODE (default: a frozen copy of itself)."""
     student = world.denoiser
-    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    teacher = copy.deepcopy(student if teacher is None else teacher).eval().requires_grad_(False)
     ts = world.config.sampler.schedule()
     log.info("student timesteps %s; computing %d batches of teacher ODE trajectories", ts, cfg.ode_batches)
     data_state = sampler.rng.bit_generator.state

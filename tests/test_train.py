@@ -1,0 +1,214 @@
+"""Training stages on tiny configs: each runs and learns, Self Forcing's gradient truncation,
+kill-and-resume, and a two-process gloo DDP run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.engine.cache import KVCache
+from worldsim.train.codec_stage import CodecTrainConfig, train_codec
+from worldsim.train.data import AlignedEpisode, ClipSampler, encode_episodes
+from worldsim.train.loop import Dist, seed_everything
+from worldsim.train.self_forcing import SelfForcingConfig, rollout, train_self_forcing
+from worldsim.train.student import StudentTrainConfig, train_student
+from worldsim.train.teacher import TeacherTrainConfig, train_teacher
+from worldsim.testing import tiny_config, tiny_world
+
+CPU = torch.device("cpu")
+
+
+def toy_episodes(n: int = 4, length: int = 24, seed: int = 0) -> list[AlignedEpisode]:
+    """A block moved left/right by the actions: a game simple enough to learn in seconds."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for _ in range(n):
+        acts = rng.integers(0, 2, length)
+        frames = np.full((length + 1, 64, 64, 3), 255, np.uint8)
+        x = int(rng.integers(10, 50))
+        for i in range(length + 1):
+            frames[i, 28:36, x : x + 8] = (30, 30, 200)
+            if i < length:
+                x = int(np.clip(x + (3 if acts[i] else -3), 0, 56))
+        has = np.ones(length + 1, bool)
+        has[0] = False
+        term = np.zeros(length + 1, bool)
+        term[-1] = True
+        eps.append(AlignedEpisode(frames, np.concatenate([[0], acts]), has, np.ones(length + 1, np.float32), term))
+    return eps
+
+
+class FixedSampler:
+    """Always the same batch (to check that a few steps lower the loss on it)."""
+
+    def __init__(self, sampler: ClipSampler, batch: int) -> None:
+        self.b = sampler.sample(batch)
+        self.rng = sampler.rng
+
+    def sample(self, batch: int):  # type: ignore[no-untyped-def]
+        return self.b
+
+
+def _losses(run_dir: Path, key: str = "loss") -> list[float]:
+    return [json.loads(line)[key] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def latent_world():  # type: ignore[no-untyped-def]
+    world = tiny_world()
+    world.requires_grad_(False)
+    return world, ClipSampler(encode_episodes(world.codec, toy_episodes(), CPU), clip_len=6, seed=0)
+
+
+def test_codec_stage_learns(tmp_path: Path) -> None:
+    seed_everything(0)
+    eps = toy_episodes()
+    world, metrics = train_codec(CodecTrainConfig(steps=40, batch=8, lr=3e-3), tiny_config(), eps, eps, tmp_path, CPU, Dist())
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0] * 0.7
+    assert np.isfinite(metrics["codec_psnr_val"])
+    assert (tmp_path / "state.pt").exists()
+
+
+def test_teacher_stage_learns_fixed_batch(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    seed_everything(0)
+    world, sampler = latent_world
+    world = copy.deepcopy(world)
+    cfg = TeacherTrainConfig(steps=60, batch=4, clip_len=6, lr=3e-3, warmup=5, save_every=1000)
+    train_teacher(cfg, world, FixedSampler(sampler, 4), tmp_path, CPU, Dist())  # type: ignore[arg-type]
+    losses = _losses(tmp_path)
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) * 0.8, losses
+
+
+def test_student_stage_learns_fixed_batch(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    seed_everything(0)
+    world, sampler = latent_world
+    student = tiny_world(seed=1)  # another init, so there is something to regress
+    cfg = StudentTrainConfig(steps=40, batch=4, clip_len=6, lr=3e-3, warmup=5, ode_batches=1, teacher_steps=4)
+    train_student(cfg, student, FixedSampler(sampler, 4), tmp_path, CPU, Dist(), teacher=world.denoiser)  # type: ignore[arg-type]
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+@pytest.mark.parametrize("mode", ["self", "teacher", "diffusion"])
+def test_self_forcing_stage_runs(tmp_path: Path, latent_world, mode: str) -> None:  # type: ignore[no-untyped-def]
+    seed_everything(0)
+    world, sampler = latent_world
+    student, teacher = copy.deepcopy(world), copy.deepcopy(world)
+    before = copy.deepcopy(student.denoiser.state_dict())
+    cfg = SelfForcingConfig(steps=3, batch=2, clip_len=5, critic_steps=2, save_every=100)
+    metrics = train_self_forcing(cfg, student, teacher, sampler, tmp_path, CPU, Dist(), mode=mode)
+    assert np.isfinite(metrics["sf_dmd"]) and np.isfinite(metrics["sf_critic"])
+    after = student.denoiser.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_self_forcing_critic_learns_fixed_batch(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    seed_everything(0)
+    world, sampler = latent_world
+    cfg = SelfForcingConfig(steps=25, batch=2, clip_len=5, critic_steps=1, critic_lr=3e-3, lr=0.0, save_every=100)
+    train_self_forcing(cfg, copy.deepcopy(world), copy.deepcopy(world), FixedSampler(sampler, 2), tmp_path, CPU, Dist())  # type: ignore[arg-type]
+    c = _losses(tmp_path, "critic")
+    assert np.mean(c[-2:]) < np.mean(c[:2]), c
+
+
+def test_self_forcing_gradient_only_through_exit_steps(latent_world) -> None:  # type: ignore[no-untyped-def]
+    """Per generated frame exactly one denoising pass carries gradient; the cache carries none."""
+    world, sampler = latent_world
+    student = copy.deepcopy(world.denoiser).train().requires_grad_(True)
+    b = sampler.sample(2)
+    calls: list[dict] = []
+
+    def pre(module, args, kwargs):  # type: ignore[no-untyped-def]
+        calls.append({"grad": torch.is_grad_enabled(), "write": bool(kwargs.get("ctx") and kwargs["ctx"].write)
+                      or (len(args) > 4 and args[4] is not None and args[4].write), "got_grad": False})
+
+    def post(module, args, kwargs, out):  # type: ignore[no-untyped-def]
+        rec = calls[-1]
+        if out.v.requires_grad:
+            out.v.register_hook(lambda g: rec.__setitem__("got_grad", True))
+
+    h1 = student.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = student.register_forward_hook(post, with_kwargs=True)
+    cache = KVCache(student.cfg, world.config.cache, 2)
+    context, T = 2, b.has_action.shape[1]
+    gen = rollout(student, cache, b, context, world.config.sampler.schedule(), "self", grad=True)
+    gen.pow(2).mean().backward()
+    h1.remove(), h2.remove()
+
+    writes = [c for c in calls if c["write"]]
+    denoise = [c for c in calls if not c["write"]]
+    assert len(writes) == T  # context + one clean pass per generated frame
+    assert not any(c["grad"] for c in writes)  # context K/V written without gradient
+    assert sum(c["grad"] for c in denoise) == T - context  # one exit step per frame
+    assert sum(c["got_grad"] for c in denoise) == T - context  # ...and gradient reached exactly those
+    assert not cache.k.requires_grad and cache.k.grad_fn is None
+    assert all(p.grad is not None for p in student.blocks.parameters())
+
+
+class _Killed(Exception):
+    pass
+
+
+class KillAfter:
+    def __init__(self, sampler: ClipSampler, n: int) -> None:
+        self.s, self.n, self.rng = sampler, n, sampler.rng
+
+    def sample(self, batch: int):  # type: ignore[no-untyped-def]
+        if self.n == 0:
+            raise _Killed
+        self.n -= 1
+        return self.s.sample(batch)
+
+
+def test_kill_and_resume_reproduces_loss(tmp_path: Path) -> None:
+    eps = encode_episodes(tiny_world().codec, toy_episodes(), CPU)
+    cfg = TeacherTrainConfig(steps=6, batch=2, clip_len=6, save_every=3, warmup=2)
+
+    def fresh():  # type: ignore[no-untyped-def]
+        seed_everything(0)
+        return copy.deepcopy(tiny_world()), ClipSampler(eps, 6, seed=0)
+
+    w, s = fresh()
+    train_teacher(cfg, w, s, tmp_path / "a", CPU, Dist())
+    full = _losses(tmp_path / "a")
+    w, s = fresh()
+    with pytest.raises(_Killed):
+        train_teacher(cfg, w, KillAfter(s, 4), tmp_path / "b", CPU, Dist())  # type: ignore[arg-type]
+    w, s = fresh()  # a new process: fresh model, fresh RNG; state comes from disk
+    train_teacher(cfg, w, s, tmp_path / "b", CPU, Dist(), resume=True)
+    resumed = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])
+    assert resumed["step"] == 5
+    assert resumed["loss"] == pytest.approx(full[-1], rel=1e-6)
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    torch.set_num_threads(1)
+    from worldsim.train.loop import init_distributed
+
+    d = init_distributed()
+    seed_everything(0)  # same init on both ranks
+    world = tiny_world()
+    sampler = ClipSampler(encode_episodes(world.codec, toy_episodes(), CPU), 6, seed=rank)  # different data
+    train_teacher(TeacherTrainConfig(steps=3, batch=2, clip_len=6, save_every=100), world, sampler, Path(out) / str(rank), CPU, d)
+    torch.save({k: v.clone() for k, v in world.denoiser.state_dict().items()}, Path(out) / f"w{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    w0 = torch.load(tmp_path / "w0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "w1.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # gradients were averaged: replicas agree
+    assert (tmp_path / "0" / "log.jsonl").exists() and not (tmp_path / "1" / "log.jsonl").exists()
