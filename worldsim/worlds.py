@@ -46,6 +46,10 @@ class WorldDef:
     """Extra kwargs for ``gymnasium.make`` (frameskip, repeat_action_probability, ...)."""
     fps: int = 15
     """Frames per second the world is played at."""
+    frameskip: int = 1
+    """Real env steps per recorded frame (the action is repeated, rewards summed)."""
+    crop: tuple[int, int, int, int] | None = None
+    """(top, bottom, left, right) crop of the rendered frame before the 64x64 area resize."""
     keymap: dict[str, Any] = field(default_factory=dict)
     """pygame key name -> action (int for Discrete; bit index for MultiBinary)."""
     default_action: Any = 0

@@ -101,7 +101,10 @@ def world_config(name: str, spec: Any, fps: int, recipe: dict[str, Any], sets: d
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("world", help="bundled world name (its recipe) or any name with --data")
-    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--stage", choices=(*STAGES, "all"), required=True,
+                        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones)")
+    parser.add_argument("--baselines", action="store_true",
+                        help="with --stage all: also train the Teacher Forcing and Diffusion Forcing baselines")
     parser.add_argument("--data", type=Path, help="recorded data folder (default data/<world>)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="run folders root")
     parser.add_argument("--run-name", default=None, help="run folder name (default: the stage, or self-forcing-<mode>)")
@@ -116,6 +119,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.stage == "all":
+        return _run_all(args)
+    return _run_stage(args)
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    """The whole recipe; a stage whose world.safetensors exists is skipped (so a killed run resumes)."""
+    modes = ["self"] + (["teacher", "diffusion"] if args.baselines else [])
+    plan = [(st, "self") for st in STAGES[:-1]] + [("self-forcing", m) for m in modes]
+    for stage, mode in plan:
+        name = stage if stage != "self-forcing" or mode == "self" else f"self-forcing-{mode}"
+        if (args.runs / args.world / name / "world.safetensors").exists():
+            log.info("skipping %s: %s exists", name, args.runs / args.world / name / "world.safetensors")
+            continue
+        sub = argparse.Namespace(**{**vars(args), "stage": stage, "mode": mode, "run_name": None, "steps": None,
+                                    "resume": True, "export": args.export and stage == "self-forcing" and mode == "self"})
+        _run_stage(sub)
+    return 0
+
+
+def _run_stage(args: argparse.Namespace) -> int:
     d = init_distributed()
     if args.threads:
         torch.set_num_threads(args.threads)

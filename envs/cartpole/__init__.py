@@ -1,0 +1,42 @@
+"""cartpole: Gymnasium's CartPole-v1, learned as a neural world.
+
+Frames: the 600x400 render cropped to rows 160-320 (the track, the cart and the pole at every
+angle before the episode ends), the full width (the cart's whole range), area-resampled to
+64x64: 9.4x horizontally, 2.5x vertically, so the pole keeps its length in pixels.
+One recorded frame = 2 env steps (the action held for both): 25 frames a second of game time,
+played at 25 fps, i.e. real time.
+"""
+
+from worldsim.worlds import RecordRecipe, WorldDef
+
+from .reader import read_state, true_state
+
+WORLD = WorldDef(
+    name="cartpole",
+    env_id="CartPole-v1",
+    fps=25,
+    frameskip=2,
+    crop=(160, 320, 0, 600),
+    keymap={"left": 0, "right": 1, "a": 0, "d": 1},
+    # CartPole has no "do nothing": with no key held the cart keeps being pushed the way it was last
+    # pushed would be surprising, so the default alternates sides (see worldsim.play); 0 here.
+    default_action=0,
+    gym_id="worldsim/CartPole-v0",
+    max_episode_steps=500,
+    record=RecordRecipe(
+        policies=(("scripted", 0.7), ("sticky", 0.2), ("random", 0.1)),
+        episodes=300,
+        seed=0,
+        max_episode_steps=250,
+    ),
+    state_reader=read_state,
+    state_names=("cart_x", "pole_angle"),
+    true_state=true_state,
+    # The recipe `worldsim train cartpole --stage all --baselines` runs on a 2-core CPU (~2 h in all).
+    train={
+        "codec": {"steps": 1200, "batch": 32},
+        "teacher": {"steps": 1800, "batch": 16, "clip_len": 8},
+        "student": {"steps": 300, "batch": 16, "ode_batches": 24},
+        "self_forcing": {"steps": 200, "batch": 8, "critic_steps": 2},
+    },
+)

@@ -1,0 +1,55 @@
+"""Read CartPole's state off a 64x64 frame (by colour), to score generated frames.
+
+The cart is black, the pole brown (202, 152, 101). Column c of the 64-wide frame covers source
+x in [c * 600/64, (c+1) * 600/64); the env maps cart x to source pixels as 300 + 125 x. Rows
+cover 2.5 source pixels each. The pole angle is the slope of a line fitted through the pole's
+pixels in source units (angle from vertical, positive leaning right, as the env's theta).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SX, SY = 600 / 64, 160 / 64  # source pixels per output pixel (x, y)
+SCALE = 600 / 4.8  # source pixels per env unit
+
+
+POLE = np.array([202, 152, 101], np.float32)
+_D = 255.0 - POLE  # how much the pole darkens white, per channel
+
+
+def read_state(frames: np.ndarray) -> np.ndarray:
+    """frames (T, 64, 64, 3) uint8 -> (T, 2) float32: cart x (env units), pole angle (radians).
+
+    NaN where a component cannot be read (no cart / no pole visible).
+    """
+    f = frames.astype(np.float32)
+    out = np.full((len(f), 2), np.nan, np.float32)
+    cols = (np.arange(64) + 0.5) * SX
+    rows = (np.arange(64) + 0.5) * SY
+    for i, fr in enumerate(f):
+        # Cart: dark pixels in the cart's rows, minus each row's median (removes the track line).
+        dark = 1.0 - fr[48:64].mean(-1) / 255.0
+        dark = np.clip(dark - np.median(dark, axis=1, keepdims=True), 0, None)
+        dark[dark < 0.25] = 0
+        if dark.sum() > 1.0:
+            out[i, 0] = ((dark.sum(0) * cols).sum() / dark.sum() - 300) / SCALE
+        # Pole: coverage of brown-over-white per pixel (sub-pixel position from blending), rows above the cart.
+        band = 255.0 - fr[:46]
+        alpha = np.clip((band @ _D) / float(_D @ _D), 0, 1)
+        alpha[(fr[:46, :, 0] - fr[:46, :, 2]) < 15] = 0  # brownish only (not the grey/black/blue parts)
+        w_row = alpha.sum(1)
+        ok = w_row > 0.3
+        if ok.sum() >= 5:
+            xc = (alpha[ok] * cols).sum(1) / w_row[ok]
+            y = rows[:46][ok]
+            slope = np.polyfit(y, xc, 1)[0]  # source x per source y (y grows downwards)
+            out[i, 1] = np.arctan(-slope)
+    return out
+
+
+def true_state(env: Any) -> np.ndarray:
+    s = env.unwrapped.state
+    return np.array([s[0], s[2]], np.float32)
