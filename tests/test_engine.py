@@ -272,7 +272,13 @@ def test_cfg_session_runs() -> None:
 
 @pytest.mark.parametrize(
     "bad,match",
-    [([0, 1, 2], "expected 2 actions"), ([[0, 1]], "shape"), ([0.5, 1], "integers"), ([float("nan"), 1], "NaN"), ([5, 0], r"\[0, 1\]")],
+    [
+        ([0, 1, 2], "expected 2 actions"),
+        ([[0, 1]], "shape"),
+        ([0.5, 1], "integers"),
+        ([float("nan"), 1], "NaN"),
+        ([5, 0], r"\[0, 1\]"),
+    ],
 )
 def test_bad_actions_clear_errors(bad: object, match: str) -> None:
     world = tiny_world()

@@ -25,7 +25,9 @@ def _args(**kw: object) -> argparse.Namespace:
 def test_record_reload_and_clips(tmp_path: Path) -> None:
     cfg = config_for("cartpole", _args(out=tmp_path / "cp", episodes=4, max_steps=30))
     manifest = record(cfg, progress=False)
-    assert manifest["episodes"] == 4 and manifest["frames"] == sum(len(e) + 1 for e in load_episodes(tmp_path / "cp", None))
+    assert manifest["episodes"] == 4 and manifest["frames"] == sum(
+        len(e) + 1 for e in load_episodes(tmp_path / "cp", None)
+    )
     assert manifest["action_space"]["kind"] == "discrete"
     eps = load_episodes(tmp_path / "cp", split=None)
     assert sorted(e.episode_id for e in eps) == [0, 1, 2, 3]

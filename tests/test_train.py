@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from worldsim.engine.cache import KVCache
+from worldsim.testing import tiny_config, tiny_world
 from worldsim.train.codec_stage import CodecTrainConfig, train_codec
 from worldsim.train.data import AlignedEpisode, ClipSampler, encode_episodes
 from worldsim.train.loop import Dist, seed_everything
 from worldsim.train.self_forcing import SelfForcingConfig, rollout, train_self_forcing
 from worldsim.train.student import StudentTrainConfig, train_student
 from worldsim.train.teacher import TeacherTrainConfig, train_teacher
-from worldsim.testing import tiny_config, tiny_world
 
 CPU = torch.device("cpu")
 
@@ -70,7 +70,9 @@ def latent_world():  # type: ignore[no-untyped-def]
 def test_codec_stage_learns(tmp_path: Path) -> None:
     seed_everything(0)
     eps = toy_episodes()
-    world, metrics = train_codec(CodecTrainConfig(steps=40, batch=8, lr=3e-3), tiny_config(), eps, eps, tmp_path, CPU, Dist())
+    world, metrics = train_codec(
+        CodecTrainConfig(steps=40, batch=8, lr=3e-3), tiny_config(), eps, eps, tmp_path, CPU, Dist()
+    )
     losses = _losses(tmp_path)
     assert losses[-1] < losses[0] * 0.7
     assert np.isfinite(metrics["codec_psnr_val"])
@@ -127,8 +129,14 @@ def test_self_forcing_gradient_only_through_exit_steps(latent_world) -> None:  #
     calls: list[dict] = []
 
     def pre(module, args, kwargs):  # type: ignore[no-untyped-def]
-        calls.append({"grad": torch.is_grad_enabled(), "write": bool(kwargs.get("ctx") and kwargs["ctx"].write)
-                      or (len(args) > 4 and args[4] is not None and args[4].write), "got_grad": False})
+        calls.append(
+            {
+                "grad": torch.is_grad_enabled(),
+                "write": bool(kwargs.get("ctx") and kwargs["ctx"].write)
+                or (len(args) > 4 and args[4] is not None and args[4].write),
+                "got_grad": False,
+            }
+        )
 
     def post(module, args, kwargs, out):  # type: ignore[no-untyped-def]
         rec = calls[-1]
@@ -198,7 +206,9 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     seed_everything(0)  # same init on both ranks
     world = tiny_world()
     sampler = ClipSampler(encode_episodes(world.codec, toy_episodes(), CPU), 6, seed=rank)  # different data
-    train_teacher(TeacherTrainConfig(steps=3, batch=2, clip_len=6, save_every=100), world, sampler, Path(out) / str(rank), CPU, d)
+    train_teacher(
+        TeacherTrainConfig(steps=3, batch=2, clip_len=6, save_every=100), world, sampler, Path(out) / str(rank), CPU, d
+    )
     torch.save({k: v.clone() for k, v in world.denoiser.state_dict().items()}, Path(out) / f"w{rank}.pt")
     torch.distributed.destroy_process_group()
 

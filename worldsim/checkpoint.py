@@ -98,7 +98,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p} is truncated: tensor data needs {8 + n + end} bytes, the file has {size}")
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is a safetensors file but not a worldsim checkpoint (format={meta.get('format')!r})")
+        raise CheckpointError(
+            f"{p} is a safetensors file but not a worldsim checkpoint (format={meta.get('format')!r})"
+        )
     version = int(meta.get("format_version", -1))
     if version != FORMAT_VERSION:
         raise CheckpointError(

@@ -156,7 +156,9 @@ class ActionSpec:
         arr = arr.astype(np.int64)
         if self.kind == "discrete":
             if np.any(arr < self.start) or np.any(arr >= self.start + self.n):
-                raise ActionError(f"discrete actions must be in [{self.start}, {self.start + self.n - 1}], got {arr.tolist()}")
+                raise ActionError(
+                    f"discrete actions must be in [{self.start}, {self.start + self.n - 1}], got {arr.tolist()}"
+                )
         elif self.kind == "multi_discrete":
             if np.any(arr < 0) or np.any(arr >= np.array(self.nvec)):
                 raise ActionError(f"multi-discrete actions must be in [0, nvec={list(self.nvec)}), got {arr.tolist()}")

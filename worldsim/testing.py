@@ -1,7 +1,7 @@
 """Tiny random-weight worlds for tests and examples (no training, no data, builds in ~0.1 s).
 
-    world = tiny_world()                       # Discrete(2) actions, 2 context frames
-    world.save(tmp_path / "tiny.safetensors")  # a real, loadable checkpoint
+world = tiny_world()                       # Discrete(2) actions, 2 context frames
+world.save(tmp_path / "tiny.safetensors")  # a real, loadable checkpoint
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ def tiny_config(action_space: Any = None, **world_kwargs: Any) -> WorldConfig:
     codec = CodecConfig(latent_channels=4, channels=(8, 16, 16), decoder_channels=(16, 8, 8))
     den = DenoiserConfig(latent_channels=4, latent_size=codec.latent_size, dim=32, depth=2, heads=2)
     kwargs: dict[str, Any] = dict(
-        action_space=spec, name="tiny", fps=15, codec=codec, denoiser=den,
-        sampler=SamplerConfig(), cache=CacheConfig(window=4, sink=1),
+        action_space=spec,
+        name="tiny",
+        fps=15,
+        codec=codec,
+        denoiser=den,
+        sampler=SamplerConfig(),
+        cache=CacheConfig(window=4, sink=1),
     )
     kwargs.update(world_kwargs)
     return WorldConfig(**kwargs)

@@ -9,8 +9,8 @@ pickles into DataLoader workers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,9 @@ from worldsim.data.episodes import action_spec, load_episodes
 
 
 class ClipDataset(Dataset):
-    def __init__(self, dirs: str | Path | Sequence[str | Path], clip_len: int, stride: int = 1,
-                 split: str | None = "train") -> None:
+    def __init__(
+        self, dirs: str | Path | Sequence[str | Path], clip_len: int, stride: int = 1, split: str | None = "train"
+    ) -> None:
         if clip_len < 1 or stride < 1:
             raise ValueError("clip_len and stride must be >= 1")
         first = dirs if isinstance(dirs, (str, Path)) else dirs[0]

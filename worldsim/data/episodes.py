@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def write_shard(path: Path, episodes: Sequence[Episode]) -> None:
 
     def w(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
     _atomic_write_bytes(path, w)
 
@@ -107,8 +108,17 @@ def read_shard(path: Path) -> list[Episode]:
         out, f0, s0 = [], 0, 0
         for eid, seed, L in zip(z["ep_ids"], z["ep_seeds"], z["ep_steps"]):
             L = int(L)
-            out.append(Episode(frames[f0 : f0 + L + 1], actions[s0 : s0 + L], rewards[s0 : s0 + L],
-                               term[s0 : s0 + L], trunc[s0 : s0 + L], int(seed), int(eid)))
+            out.append(
+                Episode(
+                    frames[f0 : f0 + L + 1],
+                    actions[s0 : s0 + L],
+                    rewards[s0 : s0 + L],
+                    term[s0 : s0 + L],
+                    trunc[s0 : s0 + L],
+                    int(seed),
+                    int(eid),
+                )
+            )
             f0, s0 = f0 + L + 1, s0 + L
     return out
 

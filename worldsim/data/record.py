@@ -76,7 +76,9 @@ def make_env(cfg: RecordConfig) -> Any:
         raise RecordError(f"env {cfg.env_id!r} does not accept render_mode='rgb_array': {e}") from e
     if env.render_mode != "rgb_array" or "rgb_array" not in env.metadata.get("render_modes", []):
         env.close()
-        raise RecordError(f"env {cfg.env_id!r} cannot render rgb_array (render modes: {env.metadata.get('render_modes')})")
+        raise RecordError(
+            f"env {cfg.env_id!r} cannot render rgb_array (render modes: {env.metadata.get('render_modes')})"
+        )
     return env
 
 
@@ -111,8 +113,15 @@ def record_episode(env: Any, cfg: RecordConfig, episode_id: int, spec: ActionSpe
         trunc.append(bool(done_tr) or (step == cfg.max_steps - 1 and not done_t))
         if done_t or done_tr:
             break
-    return Episode(np.stack(frames), np.stack(actions), np.array(rewards, np.float32), np.array(term), np.array(trunc),
-                   seed, episode_id)
+    return Episode(
+        np.stack(frames),
+        np.stack(actions),
+        np.array(rewards, np.float32),
+        np.array(term),
+        np.array(trunc),
+        seed,
+        episode_id,
+    )
 
 
 def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
@@ -133,11 +142,22 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
             raise RecordError(f"{out} holds a recording of {manifest['env_id']}, not {cfg.env_id}")
     except FileNotFoundError:
         manifest = {
-            "env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "world": getattr(cfg.world, "name", None),
-            "action_space": json_spec(spec), "fps": cfg.fps, "frame_shape": [64, 64, 3], "crop": cfg.crop,
-            "frameskip": cfg.frameskip, "max_steps": cfg.max_steps, "seed": cfg.seed, "split_seed": 0,
-            "policies": [list(p) for p in cfg.policies], "versions": _versions(), "shards": [],
-            "episodes": 0, "frames": 0,
+            "env_id": cfg.env_id,
+            "env_kwargs": cfg.env_kwargs,
+            "world": getattr(cfg.world, "name", None),
+            "action_space": json_spec(spec),
+            "fps": cfg.fps,
+            "frame_shape": [64, 64, 3],
+            "crop": cfg.crop,
+            "frameskip": cfg.frameskip,
+            "max_steps": cfg.max_steps,
+            "seed": cfg.seed,
+            "split_seed": 0,
+            "policies": [list(p) for p in cfg.policies],
+            "versions": _versions(),
+            "shards": [],
+            "episodes": 0,
+            "frames": 0,
         }
     done = {i for s in manifest["shards"] for i in s["episode_ids"]}
     todo = [i for i in range(cfg.episodes) if i not in done]
@@ -156,8 +176,13 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
             return
         name = f"shard-{len(manifest['shards']):05d}.npz"
         write_shard(out / name, pending)
-        manifest["shards"].append({"file": name, "episode_ids": [e.episode_id for e in pending],
-                                   "frames": int(sum(len(e) + 1 for e in pending))})
+        manifest["shards"].append(
+            {
+                "file": name,
+                "episode_ids": [e.episode_id for e in pending],
+                "frames": int(sum(len(e) + 1 for e in pending)),
+            }
+        )
         manifest["episodes"] = sum(len(s["episode_ids"]) for s in manifest["shards"])
         manifest["frames"] = sum(s["frames"] for s in manifest["shards"])
         manifest["record_fps"] = round(n_frames / max(time.perf_counter() - t0, 1e-9), 1)
@@ -177,8 +202,13 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     finally:
         bar.close()
         env.close()
-    log.info("recorded %d episodes, %d frames into %s (%.0f frames/s)", manifest["episodes"], manifest["frames"], out,
-             manifest.get("record_fps", 0))
+    log.info(
+        "recorded %d episodes, %d frames into %s (%.0f frames/s)",
+        manifest["episodes"],
+        manifest["frames"],
+        out,
+        manifest.get("record_fps", 0),
+    )
     return manifest
 
 
@@ -196,16 +226,28 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
         w = get_world(target)
         r = w.record
         return RecordConfig(
-            env_id=w.env_id, out=args.out or Path("data") / w.name, episodes=args.episodes or r.episodes,
-            policies=((args.policy, 1.0),) if args.policy else r.policies, seed=r.seed if args.seed is None else args.seed,
-            max_steps=args.max_steps or r.max_episode_steps, frameskip=args.frameskip or w.frameskip, crop=w.crop,
-            env_kwargs=dict(w.env_kwargs), world=w, fps=w.fps,
+            env_id=w.env_id,
+            out=args.out or Path("data") / w.name,
+            episodes=args.episodes or r.episodes,
+            policies=((args.policy, 1.0),) if args.policy else r.policies,
+            seed=r.seed if args.seed is None else args.seed,
+            max_steps=args.max_steps or r.max_episode_steps,
+            frameskip=args.frameskip or w.frameskip,
+            crop=w.crop,
+            env_kwargs=dict(w.env_kwargs),
+            world=w,
+            fps=w.fps,
         )
     if args.out is None:
         raise RecordError("--out is required when recording an env id that is not a bundled world")
     return RecordConfig(
-        env_id=target, out=args.out, episodes=args.episodes or 100, policies=((args.policy or "random", 1.0),),
-        seed=args.seed or 0, max_steps=args.max_steps or 500, frameskip=args.frameskip or 1,
+        env_id=target,
+        out=args.out,
+        episodes=args.episodes or 100,
+        policies=((args.policy or "random", 1.0),),
+        seed=args.seed or 0,
+        max_steps=args.max_steps or 500,
+        frameskip=args.frameskip or 1,
     )
 
 

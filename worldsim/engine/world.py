@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,12 +229,14 @@ class Session:
         rows = self._rows(rows)
         if seed is not None:
             self._seed_rows(rows, seed)
-        spec, K = self.world.action_spec, self.world.config.context_frames
+        spec = self.world.action_spec
         if frames is None:
             n_start = self.world.start_frames.shape[0]
             if n_start == 0:
                 raise RuntimeError("this world ships no start clips: pass context frames to reset()")
-            pick = [int(torch.randint(n_start, (1,), generator=self.generators[r], device=self.world.device)) for r in rows]
+            pick = [
+                int(torch.randint(n_start, (1,), generator=self.generators[r], device=self.world.device)) for r in rows
+            ]
             ctx = self.world.start_frames[pick].to(self.world.device)  # (R, K, H, W, 3)
             acts = self.world.start_actions[pick].to(self.world.device)
         else:
@@ -242,11 +245,15 @@ class Session:
                 ctx = ctx.unsqueeze(0).expand(len(rows), *ctx.shape)
             s = self.world.config.codec.image_size
             if ctx.ndim != 5 or tuple(ctx.shape[-3:]) != (s, s, 3) or ctx.shape[0] != len(rows):
-                raise ValueError(f"context frames must be (K, {s}, {s}, 3) or ({len(rows)}, K, {s}, {s}, 3), got {tuple(ctx.shape)}")
+                raise ValueError(
+                    f"context frames must be (K, {s}, {s}, 3) or ({len(rows)}, K, {s}, {s}, 3), got {tuple(ctx.shape)}"
+                )
             if ctx.dtype != torch.uint8:
                 raise ValueError(f"context frames must be uint8, got {ctx.dtype}")
             if actions is None:
-                acts = torch.as_tensor(spec.null(len(rows) * ctx.shape[1])).reshape(len(rows), ctx.shape[1], *spec.per_action_shape)
+                acts = torch.as_tensor(spec.null(len(rows) * ctx.shape[1])).reshape(
+                    len(rows), ctx.shape[1], *spec.per_action_shape
+                )
             else:
                 a = np.asarray(actions)
                 if a.ndim == len(spec.per_action_shape) + 1:
@@ -269,8 +276,13 @@ class Session:
             write_context(self.world.denoiser, self.cache, lat, acts, cfg_on)
             return
         # Some rows only: fill a small cache for them, then copy it into theirs.
-        sub = KVCache(self.world.config.denoiser, self.world.config.cache, self.cache.batch // self.batch * len(rows),
-                      self.world.device, self.world.dtype)
+        sub = KVCache(
+            self.world.config.denoiser,
+            self.world.config.cache,
+            self.cache.batch // self.batch * len(rows),
+            self.world.device,
+            self.world.dtype,
+        )
         write_context(self.world.denoiser, sub, lat, acts, cfg_on)
         idx = torch.as_tensor(rows, device=self.world.device)
         if cfg_on:

@@ -15,6 +15,9 @@ from worldsim.spaces import ActionSpec
 
 
 class ActionEncoder(nn.Module):
+    low: torch.Tensor
+    high: torch.Tensor
+
     def __init__(self, spec: ActionSpec, dim: int) -> None:
         super().__init__()
         self.spec = spec

@@ -50,6 +50,9 @@ class _ResBlock(nn.Module):
 class FrameCodec(nn.Module):
     """uint8 frames (..., 64, 64, 3) <-> normalised latents (..., C, 8, 8)."""
 
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         self.cfg = cfg

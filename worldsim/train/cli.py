@@ -85,7 +85,9 @@ def _build(cls: type, *overrides: dict[str, Any]) -> Any:
     return cls(**merged)
 
 
-def world_config(name: str, spec: Any, fps: int, recipe: dict[str, Any], sets: dict[str, dict[str, Any]]) -> WorldConfig:
+def world_config(
+    name: str, spec: Any, fps: int, recipe: dict[str, Any], sets: dict[str, dict[str, Any]]
+) -> WorldConfig:
     codec = _build(CodecConfig, recipe.get("model.codec", {}), sets.get("model.codec", {}))
     den = _build(
         DenoiserConfig,
@@ -96,22 +98,37 @@ def world_config(name: str, spec: Any, fps: int, recipe: dict[str, Any], sets: d
     cache = _build(CacheConfig, recipe.get("model.cache", {}), sets.get("model.cache", {}))
     sampler = _build(SamplerConfig, recipe.get("model.sampler", {}), sets.get("model.sampler", {}))
     extra = {**recipe.get("model", {}), **sets.get("model", {})}
-    return WorldConfig(action_space=spec, name=name, fps=fps, codec=codec, denoiser=den, sampler=sampler, cache=cache, **extra)
+    return WorldConfig(
+        action_space=spec, name=name, fps=fps, codec=codec, denoiser=den, sampler=sampler, cache=cache, **extra
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("world", help="bundled world name (its recipe) or any name with --data")
-    parser.add_argument("--stage", choices=(*STAGES, "all"), required=True,
-                        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones)")
-    parser.add_argument("--baselines", action="store_true",
-                        help="with --stage all: also train the Teacher Forcing and Diffusion Forcing baselines")
+    parser.add_argument(
+        "--stage",
+        choices=(*STAGES, "all"),
+        required=True,
+        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones)",
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="with --stage all: also train the Teacher Forcing and Diffusion Forcing baselines",
+    )
     parser.add_argument("--data", type=Path, help="recorded data folder (default data/<world>)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="run folders root")
     parser.add_argument("--run-name", default=None, help="run folder name (default: the stage, or self-forcing-<mode>)")
-    parser.add_argument("--mode", choices=("self", "teacher", "diffusion"), default="self",
-                        help="self-forcing stage: context = own rollout (self), ground truth (teacher), noisy ground truth (diffusion)")
+    parser.add_argument(
+        "--mode",
+        choices=("self", "teacher", "diffusion"),
+        default="self",
+        help="self-forcing stage: context = own rollout (self), ground truth (teacher), noisy ground truth (diffusion)",
+    )
     parser.add_argument("--steps", type=int, help="override the stage's step count")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last state")
     parser.add_argument("--export", action="store_true", help="copy the result to envs/<world>/<world>.safetensors")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
@@ -133,8 +150,17 @@ def _run_all(args: argparse.Namespace) -> int:
         if (args.runs / args.world / name / "world.safetensors").exists():
             log.info("skipping %s: %s exists", name, args.runs / args.world / name / "world.safetensors")
             continue
-        sub = argparse.Namespace(**{**vars(args), "stage": stage, "mode": mode, "run_name": None, "steps": None,
-                                    "resume": True, "export": args.export and stage == "self-forcing" and mode == "self"})
+        sub = argparse.Namespace(
+            **{
+                **vars(args),
+                "stage": stage,
+                "mode": mode,
+                "run_name": None,
+                "steps": None,
+                "resume": True,
+                "export": args.export and stage == "self-forcing" and mode == "self",
+            }
+        )
         _run_stage(sub)
     return 0
 
@@ -161,10 +187,16 @@ def _run_stage(args: argparse.Namespace) -> int:
     if not (data / "manifest.json").exists():
         raise SystemExit(f"no recorded data at {data}: run `worldsim record {args.world} --out {data}` first")
     stage_key = args.stage.replace("-", "_")
-    stage_cfg = _build(STAGE_CONFIGS[stage_key], recipe.get(stage_key, {}), sets.get(stage_key, {}),
-                       {"steps": args.steps} if args.steps else {})
+    stage_cfg = _build(
+        STAGE_CONFIGS[stage_key],
+        recipe.get(stage_key, {}),
+        sets.get(stage_key, {}),
+        {"steps": args.steps} if args.steps else {},
+    )
     root = args.runs / args.world
-    run_name = args.run_name or (args.stage if args.stage != "self-forcing" or args.mode == "self" else f"self-forcing-{args.mode}")
+    run_name = args.run_name or (
+        args.stage if args.stage != "self-forcing" or args.mode == "self" else f"self-forcing-{args.mode}"
+    )
     run_dir = root / run_name
     seed_everything(getattr(stage_cfg, "seed", 0) + d.rank)
     t0 = time.time()
@@ -181,11 +213,17 @@ def _run_stage(args: argparse.Namespace) -> int:
         world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32)
         provenance = dict(world.provenance)
         if "model.sampler" in sets or "model.cache" in sets:  # e.g. a student with another step count
-            world.config.sampler = _build(SamplerConfig, dataclasses.asdict(world.config.sampler), sets.get("model.sampler", {}))
-            world.config.cache = _build(CacheConfig, dataclasses.asdict(world.config.cache), sets.get("model.cache", {}))
+            world.config.sampler = _build(
+                SamplerConfig, dataclasses.asdict(world.config.sampler), sets.get("model.sampler", {})
+            )
+            world.config.cache = _build(
+                CacheConfig, dataclasses.asdict(world.config.cache), sets.get("model.cache", {})
+            )
         lat_train = encode_episodes(world.codec, train_eps, device)
         clip_len = stage_cfg.clip_len
-        sampler = ClipSampler(lat_train, clip_len, seed=stage_cfg.seed + d.rank, term_boost=getattr(stage_cfg, "term_boost", 0.0))
+        sampler = ClipSampler(
+            lat_train, clip_len, seed=stage_cfg.seed + d.rank, term_boost=getattr(stage_cfg, "term_boost", 0.0)
+        )
         if args.stage == "teacher":
             metrics = train_teacher(stage_cfg, world, sampler, run_dir, device, d, args.resume)
             world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), cfg_scale=1.5)

@@ -13,9 +13,9 @@ The denoiser trains on latents, so episodes are encoded once by the codec and ke
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,14 +59,14 @@ def align(ep: object, spec: ActionSpec) -> AlignedEpisode:
     has = np.ones(L + 1, dtype=bool)
     has[0] = False
     rewards = np.concatenate([[0.0], np.asarray(ep.rewards, dtype=np.float32)]).astype(np.float32)  # type: ignore[attr-defined]
-    term = np.concatenate([[False], np.asarray(ep.terminated, dtype=bool)])  # type: ignore[attr-defined]
+    term = np.concatenate([[False], np.asarray(ep.terminated).astype(bool)])  # type: ignore[attr-defined]
     return AlignedEpisode(frames, actions, has, rewards, term)
 
 
 def load_aligned(dirs: str | Path | Sequence[str | Path], split: str | None) -> tuple[list[AlignedEpisode], ActionSpec]:
     from worldsim.data import action_spec, load_episodes
 
-    first = dirs[0] if isinstance(dirs, (list, tuple)) else dirs
+    first: str | Path = dirs if isinstance(dirs, (str, Path)) else dirs[0]
     spec = action_spec(first)
     eps = [align(e, spec) for e in load_episodes(dirs, split=split)]
     if not eps:
@@ -76,12 +76,16 @@ def load_aligned(dirs: str | Path | Sequence[str | Path], split: str | None) -> 
 
 
 @torch.no_grad()
-def encode_episodes(codec: torch.nn.Module, eps: list[AlignedEpisode], device: torch.device, chunk: int = 512) -> list[AlignedEpisode]:
+def encode_episodes(
+    codec: torch.nn.Module, eps: list[AlignedEpisode], device: torch.device, chunk: int = 512
+) -> list[AlignedEpisode]:
     """Replace frames by normalised codec latents (float32, on CPU)."""
     out = []
     for e in eps:
-        lat = [codec.encode(torch.from_numpy(np.ascontiguousarray(e.frames[i : i + chunk])).to(device)).float().cpu()  # type: ignore[operator]
-               for i in range(0, len(e.frames), chunk)]
+        lat = [
+            codec.encode(torch.from_numpy(np.ascontiguousarray(e.frames[i : i + chunk])).to(device)).float().cpu()  # type: ignore[operator]
+            for i in range(0, len(e.frames), chunk)
+        ]
         out.append(AlignedEpisode(torch.cat(lat).numpy(), e.actions, e.has_action, e.rewards, e.terminated))
     return out
 

@@ -21,10 +21,11 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def _np_state() -> Any:
-    s = np.random.get_state()
+    s: Any = np.random.get_state()
     return [s[0], s[1].tolist(), s[2], s[3], s[4]]
 
 
@@ -136,7 +137,11 @@ class RunLog:
     def log(self, step: int, **metrics: float) -> None:
         if not self.enabled:
             return
-        rec = {"step": step, "time": round(time.perf_counter() - self.t0, 2), **{k: float(v) for k, v in metrics.items()}}
+        rec = {
+            "step": step,
+            "time": round(time.perf_counter() - self.t0, 2),
+            **{k: float(v) for k, v in metrics.items()},
+        }
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.bar is not None:

@@ -25,7 +25,9 @@ def x0_from_v(xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return xt - bcast(t, xt) * v
 
 
-def flow_loss(v: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+def flow_loss(
+    v: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, frame_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean squared velocity error over the frames where ``frame_mask`` (B, T) is True."""
     err = (v - (eps - x0)).pow(2).flatten(2).mean(-1)  # (B, T)
     if frame_mask is None:

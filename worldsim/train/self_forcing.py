@@ -112,7 +112,9 @@ def rollout(
     return torch.cat(outs, dim=1)
 
 
-def _score_inputs(x_full: torch.Tensor, context: int, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _score_inputs(
+    x_full: torch.Tensor, context: int, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noise generated frames (>= context) at per-sample level t (B,); context stays clean."""
     B, T = x_full.shape[:2]
     tt = t.view(B, 1).expand(B, T).clone()
@@ -150,8 +152,11 @@ def train_self_forcing(
     run = RunLog(run_dir, cfg.steps, start, f"self-forcing[{mode}]", d.main)
     cache = KVCache(student.cfg, world.config.cache, cfg.batch, device)
     if cfg.clip_len > world.config.cache.capacity + 1:
-        log.warning("clip_len %d exceeds cache capacity + 1 (%d): the rollout rolls the cache", cfg.clip_len,
-                    world.config.cache.capacity + 1)
+        log.warning(
+            "clip_len %d exceeds cache capacity + 1 (%d): the rollout rolls the cache",
+            cfg.clip_len,
+            world.config.cache.capacity + 1,
+        )
     K = cfg.context
     metrics: dict[str, float] = {}
     for step in range(start, cfg.steps):

@@ -52,16 +52,23 @@ class StudentTrainConfig:
     seed: int = 0
 
 
-def paired_inputs(x_ctx: torch.Tensor, t_ctx: torch.Tensor, x_q: torch.Tensor, t_q: torch.Tensor, b: Batch,
-                  drop_actions: bool = False) -> tuple[torch.Tensor, ...]:
+def paired_inputs(
+    x_ctx: torch.Tensor, t_ctx: torch.Tensor, x_q: torch.Tensor, t_q: torch.Tensor, b: Batch, drop_actions: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Inputs of the paired layout [context frames, query frames] (see ``CausalDenoiser.paired_context``)."""
     has = b.has_action & ~torch.tensor(drop_actions, device=b.has_action.device)
-    return (torch.cat([x_ctx, x_q], 1), torch.cat([t_ctx, t_q], 1), torch.cat([b.action, b.action], 1), torch.cat([has, has], 1))
+    return (
+        torch.cat([x_ctx, x_q], 1),
+        torch.cat([t_ctx, t_q], 1),
+        torch.cat([b.action, b.action], 1),
+        torch.cat([has, has], 1),
+    )
 
 
 @torch.no_grad()
-def teacher_trajectories(teacher: CausalDenoiser, b: Batch, student_ts: list[float], steps: int,
-                         cfg_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_trajectories(
+    teacher: CausalDenoiser, b: Batch, student_ts: list[float], steps: int, cfg_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x at each student timestep (B, T, K, C, h, w), teacher end point x0 (B, T, C, h, w))."""
     B, T = b.has_action.shape
     grid = sorted({round(1 - i / steps, 6) for i in range(steps)} | {round(t, 6) for t in student_ts}, reverse=True)
@@ -120,10 +127,14 @@ def train_student(
         k = torch.randint(len(ts), (B, T), generator=pick).to(device)
         xq = torch.gather(xs, 2, k.view(B, T, 1, 1, 1, 1).expand(-1, -1, 1, *xs.shape[3:])).squeeze(2)
         tq = tvec[k]
-        out = student(*paired_inputs(b.x, torch.zeros(B, T, device=device), xq, tq, b), ctx=student.paired_context(T, device))
+        out = student(
+            *paired_inputs(b.x, torch.zeros(B, T, device=device), xq, tq, b), ctx=student.paired_context(T, device)
+        )
         x0_pred = x0_from_v(xq, tq, out.v[:, T:])
         reg = (x0_pred - x0_t).pow(2).mean()
-        ctx_out = type(out)(v=out.v[:, :T], reward=out.reward[:, :T], term_logit=out.term_logit[:, :T], pooled=out.pooled[:, :T])
+        ctx_out = type(out)(
+            v=out.v[:, :T], reward=out.reward[:, :T], term_logit=out.term_logit[:, :T], pooled=out.pooled[:, :T]
+        )
         hl, hm = head_loss(ctx_out, b.reward, b.terminated, b.has_action)
         loss = reg + cfg.head_weight * hl
         opt.zero_grad(set_to_none=True)

@@ -49,7 +49,9 @@ class TeacherTrainConfig:
     seed: int = 0
 
 
-def cosine_warmup(opt: torch.optim.Optimizer, steps: int, warmup: int, floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_warmup(
+    opt: torch.optim.Optimizer, steps: int, warmup: int, floor: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     import math
 
     def f(s: int) -> float:
@@ -102,7 +104,7 @@ def train_teacher(
         sched.step()
         run.advance()
         if step % 20 == 0 or step == cfg.steps - 1:
-            metrics = {"loss": fl.item(), "grad_norm": gn.item(), "lr": sched.get_last_lr()[0], **hm}
+            metrics = {"loss": fl.item(), "grad_norm": gn.item(), "lr": float(sched.get_last_lr()[0]), **hm}
             run.log(step, **metrics)
         if d.main and ((step + 1) % cfg.save_every == 0 or step == cfg.steps - 1):
             ck.save(step + 1)
