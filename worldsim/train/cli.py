@@ -212,10 +212,10 @@ def _run_stage(args: argparse.Namespace) -> int:
         prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student"}[args.stage]
         world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32)
         provenance = dict(world.provenance)
-        if "model.sampler" in sets or "model.cache" in sets:  # e.g. a student with another step count
-            world.config.sampler = _build(
-                SamplerConfig, dataclasses.asdict(world.config.sampler), sets.get("model.sampler", {})
-            )
+        if args.stage == "student":
+            # The teacher checkpoint carries its many-step sampler; the student gets the few-step one.
+            world.config.sampler = _build(SamplerConfig, recipe.get("model.sampler", {}), sets.get("model.sampler", {}))
+        if "model.cache" in sets:
             world.config.cache = _build(
                 CacheConfig, dataclasses.asdict(world.config.cache), sets.get("model.cache", {})
             )
