@@ -50,7 +50,9 @@ def tiny_world(action_space: Any = None, seed: int = 0, n_start: int = 4, **worl
         for p in world.denoiser.parameters():
             if p.abs().sum() == 0 and p.ndim > 1:
                 p.normal_(0, 0.05)
-        world.denoiser.term_head[-1].bias.fill_(-6.0)  # episodes do not end by chance
+        last = world.denoiser.term_head[-1]
+        assert isinstance(last, torch.nn.Linear)
+        last.bias.fill_(-6.0)  # episodes do not end by chance
     rng = np.random.default_rng(seed)
     K, s = cfg.context_frames, cfg.codec.image_size
     frames = np.full((n_start, K, s, s, 3), 255, np.uint8)

@@ -13,16 +13,17 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def _make_single(world: str, **kwargs: Any) -> Any:
+def make_single(world: str, **kwargs: Any) -> Any:
     from worldsim.gym.env import WorldEnv
 
     return WorldEnv(world, **kwargs)
 
 
-def _make_vector(world: str, num_envs: int = 1, **kwargs: Any) -> Any:
+def make_vector(world: str, num_envs: int = 1, **kwargs: Any) -> Any:
     from worldsim.gym.vector import WorldVectorEnv
 
-    kwargs.pop("max_episode_steps", None) if kwargs.get("max_episode_steps") is None else None
+    if kwargs.get("max_episode_steps") is None:
+        kwargs.pop("max_episode_steps", None)
     return WorldVectorEnv(world, num_envs=num_envs, **kwargs)
 
 
@@ -34,8 +35,8 @@ def register_world(env_id: str, world: str, max_episode_steps: int | None = None
         return
     gym.register(
         id=env_id,
-        entry_point=_make_single,
-        vector_entry_point=_make_vector,
+        entry_point="worldsim.gym.registration:make_single",
+        vector_entry_point="worldsim.gym.registration:make_vector",
         kwargs={"world": world, "max_episode_steps": max_episode_steps},
         # The env truncates itself (its core counts steps), so no TimeLimit wrapper on top.
         max_episode_steps=None,

@@ -112,7 +112,7 @@ class WorldVectorEnv(VectorEnv):
         self._obs = obs
         return obs.copy(), rew, term, trunc, info
 
-    def render(self) -> np.ndarray | None:
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
         if self.render_mode == "rgb_array":
             return self.core.session.frames.copy()
         return None
