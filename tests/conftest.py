@@ -11,13 +11,6 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _torch_threads() -> None:
-    import torch
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
 @pytest.fixture(scope="session")
 def tiny_world_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Discrete(2) tiny world checkpoint (random weights)."""

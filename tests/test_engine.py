@@ -308,3 +308,25 @@ def test_reset_from_given_frames() -> None:
     assert np.array_equal(s.reset(frames=frames)[0], frames[-1])
     with pytest.raises(ValueError, match="context frames must be"):
         s.reset(frames=np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_step_subsets_of_rows() -> None:
+    """Stepping a prefix (cache view) or any subset (gather/scatter) of rows == stepping them alone."""
+    world = tiny_world()
+    full = world.session(3, seed=[5, 6, 7])
+    full.reset()
+    singles = [world.session(1, seed=s) for s in (5, 6, 7)]
+    for s in singles:
+        s.reset()
+    plan = [([0, 1], [1, 0]), ([2], [1]), ([0, 2], [0, 0]), ([0, 1, 2], [1, 1, 0]), ([1], [1])]
+    for rows, acts in plan:
+        out = full.step(acts, rows=rows)
+        for r, a, f in zip(rows, acts, out.frames):
+            ref = singles[r].step([a]).frames[0]
+            assert np.abs(ref.astype(int) - f.astype(int)).max() <= 1
+    assert list(full.frame_index) == [s.frame_index[0] for s in singles]
+    # Moving a row carries its whole state.
+    full.move_row(2, 0)
+    a = full.step([1], rows=[0]).frames[0]
+    b = singles[2].step([1]).frames[0]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

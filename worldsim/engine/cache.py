@@ -85,6 +85,34 @@ class KVCache:
             self.count[r] = 0
         self._invalidate()
 
+    # ------------------------------------------------------------------ row subsets
+    is_view: bool = False
+
+    def narrow(self, n: int) -> KVCache:
+        """The first ``n`` rows as a cache that shares this one's storage (no copy)."""
+        view = KVCache.__new__(KVCache)
+        view.model_cfg, view.cfg, view.batch, view.is_view = self.model_cfg, self.cfg, n, True
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.frame_idx, view.count = self.frame_idx[:n], self.count[:n]
+        view._invalidate()
+        view._rotated = {}
+        return view
+
+    def gather(self, rows: list[int]) -> KVCache:
+        """A copy of some rows as a new cache (write it back with :meth:`scatter`)."""
+        idx = torch.as_tensor(rows, device=self.count.device)
+        sub = KVCache.__new__(KVCache)
+        sub.model_cfg, sub.cfg, sub.batch, sub.is_view = self.model_cfg, self.cfg, len(rows), False
+        sub.k, sub.v = self.k[:, idx].contiguous(), self.v[:, idx].contiguous()
+        sub.frame_idx, sub.count = self.frame_idx[idx].clone(), self.count[idx].clone()
+        sub._rotated = {}
+        sub._invalidate()
+        return sub
+
+    def scatter(self, sub: KVCache, rows: list[int]) -> None:
+        """Write a gathered cache back into ``rows``."""
+        self.copy_rows_from(sub, torch.as_tensor(rows, device=self.count.device))
+
     def copy_rows_from(self, other: KVCache, rows: torch.Tensor) -> None:
         """Overwrite ``rows`` of this cache with all rows of ``other`` (same configs)."""
         self.k[:, rows] = other.k

@@ -290,39 +290,71 @@ class Session:
         self.cache.copy_rows_from(sub, idx)
 
     # ------------------------------------------------------------------ step
-    def _noise(self) -> torch.Tensor:
+    def _noise(self, rows: Sequence[int]) -> torch.Tensor:
         c = self.world.config.codec
         shape = (len(self.schedule), 1, c.latent_channels, c.latent_size, c.latent_size)
-        noise = [torch.randn(shape, generator=g, device=self.world.device) for g in self.generators]
+        noise = [torch.randn(shape, generator=self.generators[r], device=self.world.device) for r in rows]
         return torch.stack(noise).squeeze(2).to(self.world.dtype)  # (B, S, C, h, w)
 
     @torch.inference_mode()
-    def step(self, actions: Any) -> StepResult:
-        """Advance every row by one frame given one action per row."""
-        if not self._started.all():
-            raise RuntimeError("call reset() before step()")
+    def step(self, actions: Any, rows: Sequence[int] | None = None) -> StepResult:
+        """Advance rows by one frame given one action per row (all rows by default).
+
+        With ``rows``, only those rows advance (the others keep their state): a prefix
+        ``0..n-1`` runs on a view of the cache at no extra cost; any other subset is gathered
+        and scattered back (a copy of those rows' caches). Not available with guidance.
+        """
         t0 = time.perf_counter()
+        idx = list(range(self.batch)) if rows is None else self._rows(rows)
+        if not self._started[idx].all():
+            raise RuntimeError("call reset() before step()")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"rows must be distinct, got {idx}")
         spec = self.world.action_spec
-        a = spec.validate(actions, batch=self.batch)
-        dev = self.world.device
-        act = torch.as_tensor(a, device=dev).unsqueeze(1)  # (B, 1, ...)
-        has = torch.ones(self.batch, 1, dtype=torch.bool, device=dev)
-        model = self.world.denoiser
-        x0 = denoise_frame(model, self.cache, act, has, self._noise(), self.schedule, self.cfg_scale)
-        out = commit_frame(model, self.cache, x0, act, has, cfg=self.cfg_scale != 1.0)
-        frames = self.world.codec.decode(x0[:, 0]).cpu().numpy()  # (B, H, W, 3)
-        rewards = out.reward[: self.batch, 0].float().cpu().numpy()
-        p_term = torch.sigmoid(out.term_logit[: self.batch, 0].float()).cpu().numpy()
-        if not np.all(np.isfinite(rewards)):
-            raise FloatingPointError("the model produced a non-finite reward")
-        self.frames = frames
-        self.frame_index += 1
+        a = spec.validate(actions, batch=len(idx))
+        if len(idx) == self.batch and idx == list(range(self.batch)):
+            cache = self.cache
+        elif self.cfg_scale != 1.0:
+            raise ValueError("stepping a subset of rows is not supported with classifier-free guidance")
+        elif idx == list(range(len(idx))):
+            cache = self.cache.narrow(len(idx))
+        else:
+            cache = self.cache.gather(idx)
+        frames, rewards, p_term = self._advance(cache, idx, a)
+        if cache is not self.cache and not cache.is_view:
+            self.cache.scatter(cache, idx)
+        self.frames[idx] = frames
+        self.frame_index[idx] += 1
         return StepResult(
             frames=frames.copy(),
             rewards=rewards.astype(np.float32),
             terminated=p_term > self.world.config.term_threshold,
             latency_ms=(time.perf_counter() - t0) * 1e3,
         )
+
+    def _advance(self, cache: KVCache, rows: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dev, n = self.world.device, len(rows)
+        act = torch.as_tensor(a, device=dev).unsqueeze(1)  # (n, 1, ...)
+        has = torch.ones(n, 1, dtype=torch.bool, device=dev)
+        model = self.world.denoiser
+        x0 = denoise_frame(model, cache, act, has, self._noise(rows), self.schedule, self.cfg_scale)
+        out = commit_frame(model, cache, x0, act, has, cfg=self.cfg_scale != 1.0)
+        frames = self.world.codec.decode(x0[:, 0]).cpu().numpy()  # (n, H, W, 3)
+        rewards = out.reward[:n, 0].float().cpu().numpy()
+        p_term = torch.sigmoid(out.term_logit[:n, 0].float()).cpu().numpy()
+        if not np.all(np.isfinite(rewards)):
+            raise FloatingPointError("the model produced a non-finite reward")
+        return frames, rewards, p_term
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src``'s whole state (history, RNG, frame) into row ``dst`` (compaction)."""
+        if self.cfg_scale != 1.0:
+            raise ValueError("moving rows is not supported with classifier-free guidance")
+        self.cache.scatter(self.cache.gather([src]), [dst])
+        self.generators[dst].set_state(self.generators[src].get_state())
+        self.frames[dst] = self.frames[src]
+        self.frame_index[dst] = self.frame_index[src]
+        self._started[dst] = self._started[src]
 
 
 __all__ = ["WorldConfig", "WorldModel", "Session", "StepResult", "ActionError", "default_device", "default_dtype"]
