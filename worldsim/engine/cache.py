@@ -94,8 +94,8 @@ class KVCache:
         view.model_cfg, view.cfg, view.batch, view.is_view = self.model_cfg, self.cfg, n, True
         view.k, view.v = self.k[:, :n], self.v[:, :n]
         view.frame_idx, view.count = self.frame_idx[:n], self.count[:n]
-        view._invalidate()
         view._rotated = {}
+        view._invalidate()
         return view
 
     def gather(self, rows: list[int]) -> KVCache:
