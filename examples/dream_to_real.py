@@ -82,11 +82,17 @@ def main(args: Args) -> None:
 
     from worldsim.gym import WorldVectorEnv, to_sb3
 
-    venv = WorldVectorEnv(args.world_path or args.world, num_envs=args.num_envs, channels_first=True,
-                          max_episode_steps=args.max_episode_steps)
+    venv = WorldVectorEnv(
+        args.world_path or args.world,
+        num_envs=args.num_envs,
+        channels_first=True,
+        max_episode_steps=args.max_episode_steps,
+    )
     venv.reset(seed=args.seed)
     vec = VecFrameStack(to_sb3(venv), n_stack=args.n_stack, channels_order="first")
-    model = PPO("CnnPolicy", vec, n_steps=128, batch_size=256, n_epochs=4, learning_rate=3e-4, seed=args.seed, verbose=0)
+    model = PPO(
+        "CnnPolicy", vec, n_steps=128, batch_size=256, n_epochs=4, learning_rate=3e-4, seed=args.seed, verbose=0
+    )
     t = time.time()
     model.learn(total_timesteps=args.total_timesteps)
     print(f"trained {args.total_timesteps} steps in the neural world in {time.time() - t:.0f} s")
