@@ -104,7 +104,10 @@ class WorldService(pb_grpc.WorldServiceServicer):
 
     def _frame(self, cs: ClientSession, frame: np.ndarray, out: StepOut | None = None) -> pb.Frame:
         msg = pb.Frame(
-            data=encode(frame, cs.encoding), shape=list(frame.shape), encoding=cs.encoding, session_id=cs.sid
+            data=encode(frame, cs.encoding),
+            shape=list(frame.shape),
+            encoding=cs.encoding,  # type: ignore[arg-type]
+            session_id=cs.sid,
         )
         if out is not None:
             msg.reward, msg.terminated, msg.truncated = out.reward, out.terminated, out.truncated
@@ -137,6 +140,7 @@ class WorldService(pb_grpc.WorldServiceServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"unknown world {request.world!r}; served: {sorted(self.hosts)}"
             )
+        assert host is not None  # abort() raised otherwise
         if request.max_episode_steps < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_episode_steps must be >= 0")
         if request.encoding == pb.FRAME_ENCODING_JPEG:
