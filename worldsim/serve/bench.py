@@ -56,13 +56,15 @@ def bench_grpc(
                 lat.append((time.perf_counter() - t) * 1e3)
             inproc_fps = len(lat) * n / (time.perf_counter() - t0)
 
-            def client(i: int) -> list[float]:
+            steps = frames // n if n > 1 else frames
+
+            def client(i: int, steps: int = steps) -> list[float]:
                 env = RemoteWorld(addr, "w", seed=i)
                 env.action_space.seed(i)
                 for _ in range(warmup):
                     env.step(env.action_space.sample())
                 out = []
-                for _ in range(frames // n if n > 1 else frames):
+                for _ in range(steps):
                     t = time.perf_counter()
                     env.step(env.action_space.sample())
                     out.append((time.perf_counter() - t) * 1e3)
