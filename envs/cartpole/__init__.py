@@ -20,7 +20,7 @@ WORLD = WorldDef(
     keymap={"left": 0, "right": 1, "a": 0, "d": 1},
     # CartPole has no "do nothing": with no key held the cart keeps being pushed the way it was last
     # pushed would be surprising, so the default alternates sides (see worldsim.play); 0 here.
-    default_action=0,
+    default_action="alternate",
     gym_id="worldsim/CartPole-v0",
     max_episode_steps=500,
     record=RecordRecipe(
