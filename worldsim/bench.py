@@ -1,0 +1,290 @@
+"""``worldsim bench``: how fast a world runs on this machine.
+
+    worldsim bench cartpole --json bench.json
+    worldsim bench --config default --frames 500 --batch-sizes 1,16,64 --vector --grpc
+
+Measures, decode included: batch-1 frames/s and p50/p99 latency per frame over ``--frames``
+frames after ``--warmup``; throughput at larger batches; resident memory at frame 1,000 and at
+frame ``--long-frames`` with the KV cache size; FLOPs per frame (counted by
+``torch.utils.flop_counter`` on one step) and the achieved GFLOP/s against a fp32 1024^3 matmul
+measured in the same run; where one step's time goes (torch.profiler, by op family). Optional:
+VectorEnv steps/s (``--vector``) and gRPC overhead (``--grpc``). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.engine.world import WorldConfig, WorldModel
+
+log = logging.getLogger(__name__)
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def load(target: str | None, config: str, device: torch.device, dtype: torch.dtype | None) -> WorldModel:
+    if target:
+        from worldsim.worlds import world_path
+
+        return WorldModel.load(world_path(target), device=device, dtype=dtype)
+    import gymnasium as gym
+
+    from worldsim.spaces import ActionSpec
+
+    if config == "tiny":
+        from worldsim.testing import tiny_world
+
+        return tiny_world().to_runtime(device, dtype or torch.float32)
+    world = WorldModel(WorldConfig(action_space=ActionSpec.from_space(gym.spaces.Discrete(2))))
+    s = world.config.codec.image_size
+    world.start_frames = torch.full((1, world.config.context_frames, s, s, 3), 255, dtype=torch.uint8)
+    world.start_actions = torch.zeros(1, world.config.context_frames, dtype=torch.long)
+    from worldsim.engine.world import default_dtype
+
+    return world.to_runtime(device, dtype or default_dtype(device))
+
+
+def _actions(world: WorldModel, batch: int, rng: np.random.Generator) -> np.ndarray:
+    spec = world.action_spec
+    space = spec.to_space()
+    space.seed(int(rng.integers(2**31)))
+    return spec.validate([space.sample() for _ in range(batch)])
+
+
+def latency(world: WorldModel, batch: int, frames: int, warmup: int) -> dict[str, float]:
+    sess = world.session(batch=batch, seed=0)
+    sess.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(warmup):
+        sess.step(_actions(world, batch, rng))
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        t = time.perf_counter()
+        sess.step(_actions(world, batch, rng))
+        lat.append((time.perf_counter() - t) * 1e3)
+    wall = time.perf_counter() - t0
+    return {
+        "batch": batch,
+        "steps": frames,
+        "frames_per_s": frames * batch / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def flops_per_frame(world: WorldModel) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sess = world.session(batch=1, seed=0)
+    sess.reset()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        sess.step(_actions(world, 1, np.random.default_rng(0)))
+    return float(counter.get_total_flops())
+
+
+def profile_step(world: WorldModel, steps: int = 20) -> dict[str, float]:
+    """Share of one step's wall time by op family (self CPU time), the rest is Python/dispatch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sess = world.session(batch=1, seed=0)
+    sess.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        sess.step(_actions(world, 1, rng))
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            sess.step(_actions(world, 1, rng))
+    wall_us = (time.perf_counter() - t) * 1e6
+    families = {
+        "attention": ("attention", "sdpa", "_flash", "bmm", "baddbmm"),
+        "linear (matmul)": ("addmm", "aten::mm", "linear", "matmul"),
+        "conv (decoder)": ("conv", "mkldnn", "upsample"),
+        "norm / rope / elementwise": (
+            "norm",
+            "mul",
+            "add",
+            "cat",
+            "silu",
+            "gelu",
+            "sin",
+            "cos",
+            "neg",
+            "sub",
+            "div",
+            "rsqrt",
+            "mean",
+            "pow",
+            "where",
+            "copy",
+            "index",
+            "clamp",
+        ),
+    }
+    out = dict.fromkeys(families, 0.0)
+    total_self = 0.0
+    for evt in prof.key_averages():
+        name = evt.key.lower()
+        self_us = evt.self_cpu_time_total
+        total_self += self_us
+        for fam, keys in families.items():
+            if any(k in name for k in keys):
+                out[fam] += self_us
+                break
+    ms = {k: v / steps / 1e3 for k, v in out.items()}
+    ms["other ops"] = max(0.0, (total_self - sum(out.values())) / steps / 1e3)
+    ms["python / dispatch / profiler overhead"] = max(0.0, (wall_us - total_self) / steps / 1e3)
+    return ms
+
+
+def memory_over_rollout(world: WorldModel, frames: int) -> dict[str, float]:
+    sess = world.session(batch=1, seed=0)
+    sess.reset()
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {"kv_cache_mb": sess.cache.nbytes / 2**20}
+    finite = True
+    for i in range(1, frames + 1):
+        res = sess.step(_actions(world, 1, rng))
+        if i == min(1000, frames):
+            out["rss_mb_at_1000"] = rss_mb()
+        finite &= bool(np.isfinite(res.rewards).all())
+    out["frames"] = frames
+    out["rss_mb_at_end"] = rss_mb()
+    out["all_finite"] = float(finite)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", nargs="?", default=None, help="checkpoint or bundled world (default: --config)")
+    parser.add_argument("--config", choices=("default", "tiny"), default="default", help="random weights at this size")
+    parser.add_argument("--frames", type=int, default=500, help="timed frames at batch 1")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--batch-sizes", default="1,16,64")
+    parser.add_argument("--long-frames", type=int, default=2000, help="rollout length for the memory check")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--vector", action="store_true", help="also VectorEnv steps/s at N = 1, 16, 64")
+    parser.add_argument("--grpc", action="store_true", help="also gRPC loopback vs in-process, 1 and 16 clients")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from worldsim.engine.world import default_device
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    world = load(args.target, args.config, device, dtype)
+    n_params = sum(p.numel() for p in world.parameters())
+    res: dict[str, Any] = {
+        "world": args.target or f"random {args.config} config",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "dtype": str(world.dtype),
+        },
+        "params_m": n_params / 1e6,
+        "matmul_gflops": matmul_gflops(device=device.type),
+    }
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    res["latency"] = []
+    for b in batches:
+        frames = args.frames if b == 1 else max(10, args.frames // b * 2)
+        log.info("batch %d: %d steps", b, frames)
+        res["latency"].append(latency(world, b, frames, args.warmup if b == 1 else max(3, args.warmup // b)))
+    fl = flops_per_frame(world)
+    b1 = res["latency"][0]
+    res["flops_per_frame"] = fl
+    res["achieved_gflops_b1"] = fl * b1["frames_per_s"] / 1e9 / b1["batch"]
+    best = max(res["latency"], key=lambda r: r["frames_per_s"])
+    res["achieved_gflops_best"] = fl * best["frames_per_s"] / 1e9
+    res["pct_of_matmul_best"] = 100 * res["achieved_gflops_best"] / res["matmul_gflops"]
+    res["memory"] = memory_over_rollout(world, args.long_frames)
+    if not args.no_profile:
+        res["profile_ms_per_step_b1"] = profile_step(world)
+    if args.vector:
+        from worldsim.gym.vector import vector_env_steps_per_second
+
+        res["vector_env_steps_per_s"] = {
+            n: vector_env_steps_per_second(world, n, steps=max(10, 200 // n)) for n in (1, 16, 64)
+        }
+    if args.grpc:
+        from worldsim.serve.bench import bench_grpc
+
+        res["grpc"] = bench_grpc(world, clients=(1, 16), frames=200)
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+        log.info("wrote %s", args.json)
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    print(
+        f"\nworldsim bench: {r['world']} ({r['params_m']:.2f} M params) on {m['device']} {m['dtype']}, "
+        f"{m['threads']} threads, torch {m['torch']}"
+    )
+    print(f"{'batch':>6} {'frames/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for row in r["latency"]:
+        print(f"{row['batch']:>6} {row['frames_per_s']:>10.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}")
+    print(
+        f"FLOPs/frame {r['flops_per_frame'] / 1e6:.0f} M; achieved {r['achieved_gflops_b1']:.1f} GFLOP/s at batch 1, "
+        f"{r['achieved_gflops_best']:.1f} best = {r['pct_of_matmul_best']:.0f}% of a 1024^3 matmul "
+        f"({r['matmul_gflops']:.0f} GFLOP/s)"
+    )
+    mem = r["memory"]
+    print(
+        f"memory: KV cache {mem['kv_cache_mb']:.1f} MB; RSS {mem.get('rss_mb_at_1000', float('nan')):.0f} MB at frame "
+        f"{min(1000, int(mem['frames']))}, {mem['rss_mb_at_end']:.0f} MB at frame {int(mem['frames'])}; "
+        f"finite: {bool(mem['all_finite'])}"
+    )
+    if "profile_ms_per_step_b1" in r:
+        print("one batch-1 step (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step_b1"].items()))
+    if "vector_env_steps_per_s" in r:
+        print("VectorEnv steps/s: " + ", ".join(f"N={n}: {v:.0f}" for n, v in r["vector_env_steps_per_s"].items()))
+    if "grpc" in r:
+        for k, v in r["grpc"].items():
+            print(
+                f"gRPC {k}: in-process {v['in_process']['frames_per_s']:.0f} f/s (p50 {v['in_process']['p50_ms']:.1f} ms), "
+                f"loopback {v['grpc']['frames_per_s']:.0f} f/s (p50 {v['grpc']['p50_ms']:.1f} ms, p99 {v['grpc']['p99_ms']:.1f})"
+            )
