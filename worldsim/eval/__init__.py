@@ -1,0 +1,1 @@
+"""Evaluation against the real game: `worldsim eval` (cli.py), metrics, rollouts, report."""
