@@ -58,6 +58,42 @@ def test_record_reload_and_clips(tmp_path: Path) -> None:
     assert set(by_id) == {0, 1, 2, 3}
 
 
+def test_record_breakout_two_episodes(tmp_path: Path) -> None:
+    pytest.importorskip("ale_py")
+    manifest = record(config_for("breakout", _args(out=tmp_path / "br", episodes=2, max_steps=40)), progress=False)
+    eps = load_episodes(tmp_path / "br", split=None)
+    assert manifest["episodes"] == 2 and manifest["action_space"]["n"] == 4
+    ds = ClipDataset(tmp_path / "br", clip_len=8, split=None)
+    for i in range(0, len(ds), 5):
+        e_idx, s = ds.index[i]
+        assert s + 8 <= len(ds.episodes[e_idx]) + 1
+    assert all(e.frames.shape[1:] == (64, 64, 3) for e in eps)
+
+
+def test_breakout_state_reader_bound() -> None:
+    """Paddle and ball read off 64x64 frames: mean error < 0.3 px, p99 < 1 px (when visible)."""
+    pytest.importorskip("ale_py")
+    world = get_world("breakout")
+    env = world.make_env()
+    env.reset(seed=0)
+    from worldsim.data.policies import make_policy
+
+    policy = make_policy("scripted", env, np.random.default_rng(0))
+    est, truth = [], []
+    for _ in range(200):
+        _, _, term, trunc, _ = env.step(policy(env, None))
+        est.append(world.state_reader(preprocess(env.render(), world.crop)[None])[0])  # type: ignore[misc]
+        truth.append(world.true_state(env))  # type: ignore[misc]
+        if term or trunc:
+            break
+    env.close()
+    err = np.abs(np.array(est) - np.array(truth))
+    for c in range(3):
+        ok = np.isfinite(err[:, c])
+        assert ok.mean() > 0.5
+        assert err[ok, c].mean() < 0.3 and np.percentile(err[ok, c], 99) < 1.0
+
+
 def test_splits_are_fixed_and_disjoint(tmp_path: Path) -> None:
     record(config_for("cartpole", _args(out=tmp_path / "cp", episodes=6, max_steps=5, policy="random")), progress=False)
     ids = {s: {e.episode_id for e in load_episodes(tmp_path / "cp", s)} for s in ("train", "val", "test")}

@@ -41,6 +41,8 @@ def make_policy(name: str, env: Any, rng: np.random.Generator, world: Any = None
 
 def _scripted(env: Any, rng: np.random.Generator) -> Policy:
     spec_id = env.spec.id if env.spec is not None else ""
+    if "Breakout" in spec_id:
+        return _breakout(rng)
     if not spec_id.startswith("CartPole"):
         raise ValueError(f"no scripted policy for {spec_id!r}: use random, sticky or human")
     # Per episode: a target cart position, a gain jitter, and random bursts.
@@ -90,3 +92,24 @@ def _human(env: Any, world: Any) -> Policy:
         return action
 
     return human
+
+
+def _breakout(rng: np.random.Generator) -> Policy:
+    """Follow the ball with the paddle (positions from RAM), with an offset and some noise."""
+    offset = float(rng.uniform(-8, 8))
+
+    def breakout(env: Any, frame: np.ndarray) -> int:
+        ram = env.unwrapped.ale.getRAM()
+        paddle, ball_x, ball_y = int(ram[72]), int(ram[99]), int(ram[101])
+        if ball_y == 0 or rng.random() < 0.03:
+            return 1  # FIRE: serve the ball
+        if rng.random() < 0.1:
+            return int(rng.integers(4))
+        target = ball_x + offset - 40  # RAM paddle x is offset from the ball's coordinate frame
+        if paddle < target - 4:
+            return 2
+        if paddle > target + 4:
+            return 3
+        return 0
+
+    return breakout

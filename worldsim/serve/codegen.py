@@ -3,8 +3,13 @@
     python -m worldsim.serve.codegen          # rewrite worldsim/serve/_proto/
     python -m worldsim.serve.codegen --check  # exit 1 if the committed stubs are stale
 
-Needs grpcio-tools (in the ``dev`` extra). The generated ``import world_pb2`` is rewritten to a
-package-relative import so the stubs live inside ``worldsim.serve._proto``.
+Needs grpcio-tools (in the ``dev`` extra) and a source checkout (the .proto files live in
+``proto/`` at the top of the repo). Two fixes are applied to protoc's output:
+
+- ``from worldsim.v1 import world_pb2`` becomes ``from . import world_pb2``, so the stubs work as
+  the subpackage ``worldsim.serve._proto``;
+- nothing else. ``--check`` ignores the lines that only record the generator's version, so a
+  different grpcio-tools with the same output format does not count as stale.
 """
 
 from __future__ import annotations
@@ -19,11 +24,25 @@ ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
 OUT = Path(__file__).resolve().parent / "_proto"
 
+_VERSION_LINES = [
+    re.compile(r"^# Protobuf Python Version: .*$", re.M),
+    re.compile(r"^(\s*_runtime_version\.Domain\.PUBLIC,\n)(\s*\d+,\n){3}", re.M),
+    re.compile(r"^GRPC_GENERATED_VERSION = .*$", re.M),
+]
+
+
+def proto_files() -> list[Path]:
+    return sorted((PROTO_DIR / "worldsim" / "v1").glob("*.proto"))
+
 
 def generate(dest: Path) -> list[Path]:
+    """Run protoc on every v1 .proto; write the fixed stubs into ``dest``; return their paths."""
     from grpc_tools import protoc
 
-    files = sorted((PROTO_DIR / "worldsim" / "v1").glob("*.proto"))
+    files = proto_files()
+    if not files:
+        raise FileNotFoundError(f"no .proto files under {PROTO_DIR}/worldsim/v1 (a source checkout is needed)")
+    dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}"]
         if protoc.main(args + [str(f) for f in files]) != 0:
@@ -37,20 +56,36 @@ def generate(dest: Path) -> list[Path]:
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--check", action="store_true")
-    args = p.parse_args()
-    if not args.check:
-        for f in generate(OUT):
-            print(f"wrote {f}")
-        return 0
+def _masked(text: str) -> str:
+    for pat in _VERSION_LINES:
+        text = pat.sub("<version>", text)
+    return text
+
+
+def stale_stubs() -> list[str]:
+    """Names of committed stubs that differ from a fresh generation (empty: in sync)."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        stale = [f.name for f in fresh if not (OUT / f.name).exists() or (OUT / f.name).read_text() != f.read_text()]
-    if stale:
-        print(f"stale gRPC stubs: {stale}; run python -m worldsim.serve.codegen", file=sys.stderr)
-        return 1
+        return [
+            f.name
+            for f in fresh
+            if not (OUT / f.name).exists() or _masked((OUT / f.name).read_text()) != _masked(f.read_text())
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="only check that the committed stubs are up to date")
+    args = p.parse_args(argv)
+    if args.check:
+        stale = stale_stubs()
+        if stale:
+            print(f"stale gRPC stubs: {stale}; run python -m worldsim.serve.codegen", file=sys.stderr)
+            return 1
+        print("gRPC stubs are up to date")
+        return 0
+    for f in generate(OUT):
+        print(f"wrote {f}")
     return 0
 
 

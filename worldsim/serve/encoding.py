@@ -1,4 +1,7 @@
-"""Frame encodings for the wire: raw RGB bytes (default), PNG (no extra dependency), JPEG (Pillow)."""
+"""Frames on the wire: raw RGB bytes (default), PNG (zlib only) or JPEG (needs Pillow).
+
+Shared by the server (``encode``) and the client (``decode``); values are ``worldsim.v1.FrameEncoding``.
+"""
 
 from __future__ import annotations
 
@@ -8,63 +11,101 @@ import zlib
 
 import numpy as np
 
-RAW, PNG, JPEG = 0, 1, 2  # worldsim.v1.FrameEncoding values
+UNSPECIFIED, RAW, PNG, JPEG = 0, 1, 2, 3
+NAMES = {"raw": RAW, "png": PNG, "jpeg": JPEG}
 
 
-def png_bytes(frame: np.ndarray) -> bytes:
-    """A minimal, valid RGB PNG (8 bit, no filter) using only zlib."""
+class UnsupportedEncoding(ValueError):
+    """This process cannot produce or read that encoding (JPEG without Pillow)."""
+
+
+def canonical(encoding: int) -> int:
+    """UNSPECIFIED means RAW; anything unknown is refused."""
+    encoding = RAW if encoding == UNSPECIFIED else int(encoding)
+    if encoding not in (RAW, PNG, JPEG):
+        raise UnsupportedEncoding(f"unknown frame encoding {encoding}")
+    return encoding
+
+
+def available(encoding: int) -> bool:
+    if canonical(encoding) != JPEG:
+        return True
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def png_bytes(frame: np.ndarray, level: int = 1) -> bytes:
+    """A valid 8-bit RGB PNG (filter 0 on every row), written with zlib alone."""
     h, w, _ = frame.shape
-    raw = b"".join(b"\x00" + frame[y].tobytes() for y in range(h))
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(frame, np.uint8).reshape(h, w * 3)], 1)
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def jpeg_bytes(frame: np.ndarray, quality: int = 90) -> bytes:
     try:
         from PIL import Image
     except ImportError as e:
-        raise ValueError("JPEG frames need Pillow on the server: pip install pillow") from e
+        raise UnsupportedEncoding("JPEG frames need Pillow: pip install pillow") from e
     buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(np.ascontiguousarray(frame, np.uint8)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
-def encode(frame: np.ndarray, encoding: int) -> bytes:
+def encode(frame: np.ndarray, encoding: int, jpeg_quality: int = 0) -> bytes:
+    """(H, W, 3) uint8 -> bytes in ``encoding``."""
+    encoding = canonical(encoding)
     if encoding == RAW:
         return np.ascontiguousarray(frame, dtype=np.uint8).tobytes()
     if encoding == PNG:
         return png_bytes(frame)
-    if encoding == JPEG:
-        return jpeg_bytes(frame)
-    raise ValueError(f"unknown frame encoding {encoding}")
+    return jpeg_bytes(frame, quality=jpeg_quality or 90)
 
 
 def decode(data: bytes, shape: tuple[int, ...], encoding: int) -> np.ndarray:
-    """Client side: bytes -> (H, W, 3) uint8."""
+    """bytes -> (H, W, 3) uint8 (a writable copy)."""
+    encoding = canonical(encoding)
     if encoding == RAW:
+        expected = int(np.prod(shape))
+        if len(data) != expected:
+            raise ValueError(f"raw frame of shape {tuple(shape)} needs {expected} bytes, got {len(data)}")
         return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
+    if encoding == PNG:
+        out = _png_decode_unfiltered(data, shape)
+        if out is not None:
+            return out
     try:
         from PIL import Image
-    except ImportError:
-        if encoding == PNG:
-            return _png_decode(data, shape)
-        raise
+    except ImportError as e:
+        raise UnsupportedEncoding("decoding JPEG frames needs Pillow: pip install pillow") from e
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()
 
 
-def _png_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode our own unfiltered PNGs (what :func:`png_bytes` writes)."""
-    pos, idat = 8, b""
+def _png_decode_unfiltered(data: bytes, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Decode an 8-bit RGB PNG whose rows all use filter 0 (what :func:`png_bytes` writes); else None."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, ihdr = 8, [], b""
     while pos < len(data):
         (n,) = struct.unpack(">I", data[pos : pos + 4])
         tag = data[pos + 4 : pos + 8]
-        if tag == b"IDAT":
-            idat += data[pos + 8 : pos + 8 + n]
+        if tag == b"IHDR":
+            ihdr = data[pos + 8 : pos + 8 + n]
+        elif tag == b"IDAT":
+            idat.append(data[pos + 8 : pos + 8 + n])
         pos += 12 + n
-    h, w = shape[0], shape[1]
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * 3)
+    w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+    if (depth, color, interlace) != (8, 2, 0):
+        return None
+    rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * 3)
+    if rows[:, 0].any():
+        return None
     return rows[:, 1:].reshape(h, w, 3).copy()

@@ -105,7 +105,8 @@ class WorldServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Play(self, request_iterator, context):
-        """The step loop: each StepRequest gets exactly one Frame back, in order.
+        """The step loop: each StepRequest gets exactly one Frame back, in order. An error ends the
+        stream with its status; the session itself lives on (open a new stream to go on).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
