@@ -1,17 +1,23 @@
-"""The gRPC service against servers on port 0: sessions, errors, auth, limits, eviction, load."""
+"""The gRPC service against in-process servers on port 0 (tiny random-weight worlds)."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import grpc
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -19,183 +25,356 @@ from worldsim.client import (
     Client,
     EpisodeEnded,
     InvalidAction,
+    InvalidArgument,
+    RemoteError,
     RemoteWorld,
     ResourceExhausted,
     SessionNotFound,
     Unauthenticated,
+    Unavailable,
+    Unsupported,
     WorldNotFound,
 )
+from worldsim.engine.sampler import SamplerConfig
+from worldsim.engine.world import WorldModel
+from worldsim.serve import encoding as enc
 from worldsim.serve._proto import world_pb2 as pb
-from worldsim.serve.server import ServeConfig, Server
+from worldsim.serve.server import BackgroundServer, ServeConfig
 from worldsim.testing import tiny_world
 
 
 @contextmanager
-def serving(**cfg: object) -> Iterator[tuple[str, Server]]:
-    """A server on port 0 with a tiny world, in a background event loop."""
-    loop = asyncio.new_event_loop()
-    box: dict[str, Server] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        box["s"] = loop.run_until_complete(Server.start({"tiny": tiny_world()}, ServeConfig(port=0, **cfg)))  # type: ignore[arg-type]
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert ready.wait(30)
-    server = box["s"]
-    try:
-        yield f"127.0.0.1:{server.port}", server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(0.5), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
+def serving(path: Path, extra: dict[str, WorldModel] | None = None, **cfg: object) -> Iterator[BackgroundServer]:
+    """The fixture's tiny world (as "tiny") plus ``extra`` worlds, served on 127.0.0.1:0."""
+    worlds = {"tiny": WorldModel.load(path, device="cpu"), **(extra or {})}
+    with BackgroundServer(worlds, ServeConfig(port=0, **cfg)) as srv:  # type: ignore[arg-type]
+        yield srv
 
 
-def test_whole_session() -> None:
-    with serving() as (addr, server):
-        worlds = Client(addr).list_worlds()
-        assert worlds[0]["name"] == "tiny" and worlds[0]["observation_shape"] == (64, 64, 3)
-        env = RemoteWorld(addr, "tiny", seed=0)
-        obs, _ = env.reset(seed=3)
-        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
-        for i in range(5):
+def box_world() -> WorldModel:
+    return tiny_world(gym.spaces.Box(-1.0, 1.0, (2,), np.float32))
+
+
+def test_whole_session(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path) as srv:
+        client = Client(srv.address)
+        (w,) = client.list_worlds()
+        assert (w["name"], w["observation_shape"], w["fps"], w["context_frames"]) == ("tiny", (64, 64, 3), 15, 2)
+        assert w["action_space"].kind == "discrete" and w["action_space"].n == 2
+        assert client.healthy() and client.healthy("worldsim.v1.WorldService")
+
+        env = RemoteWorld(srv.address, "tiny", seed=0)
+        assert env.action_space == gym.spaces.Discrete(2) and w["active_sessions"] == 0
+        obs, info = env.reset(seed=3)
+        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and info == {"frame_index": 0} and env.episode == 1
+        for i in range(10):  # the Play stream
             obs, r, term, trunc, info = env.step(i % 2)
-        assert info["frame_index"] == 5 and isinstance(r, float)
-        assert env.info()["frame_index"] == 5
+        assert isinstance(r, float) and not term and not trunc
+        assert info == {"frame_index": 10} and env.last_batch_size == 1 and env.last_latency_ms > 0
+        frame = env.render()
+        assert frame is not None and np.array_equal(frame, obs)
+        assert env.session_info()["frame_index"] == 10
+
+        frame = client.call("Step", pb.StepRequest(session_id=env.session_id, action=pb.Action(discrete=1)))
+        assert frame.frame_index == 11 and frame.encoding == pb.FRAME_ENCODING_RAW and tuple(frame.shape) == (64, 64, 3)
+        assert client.list_worlds()[0]["active_sessions"] == 1
+
         env.reset()
-        assert env.info()["episodes"] == 3  # created, reset(seed=3), reset()
+        assert env.session_info() == {
+            "frame_index": 0,
+            "episode": 2,
+            "idle_seconds": pytest.approx(0, abs=1),
+            "done": False,
+        }
+        sid = env.session_id
         env.close()
-        assert server.service.hosts["tiny"].sessions == {}
-
-
-def test_png_frames_match_raw() -> None:
-    with serving() as (addr, _):
-        raw = RemoteWorld(addr, "tiny", seed=0)
-        png = RemoteWorld(addr, "tiny", seed=0, encoding="png")
-        a, b = raw.reset(seed=1)[0], png.reset(seed=1)[0]
-        assert np.array_equal(a, b)
-        raw.close(), png.close()
-
-
-def test_bad_input_status_codes_and_server_keeps_serving() -> None:
-    with serving(max_message_bytes=4096) as (addr, _):
-        client = Client(addr)
-        env = RemoteWorld(addr, "tiny", seed=0, max_episode_steps=2)
-        with pytest.raises(InvalidAction, match=r"\[0, 1\]"):
-            env.step(5)
-        with pytest.raises(InvalidAction, match="does not fit"):
-            client.call(
-                "Step",
-                pb.StepRequest(session_id=env.session_id, action=pb.Action(continuous=pb.FloatArray(values=[0.5]))),
-            )
-        with pytest.raises(InvalidAction, match="empty"):
-            client.call("Step", pb.StepRequest(session_id=env.session_id))
+        env.close()  # idempotent
+        assert srv.server is not None and srv.server.hosts["tiny"].sessions == {}
         with pytest.raises(SessionNotFound):
-            client.call("Step", pb.StepRequest(session_id="nope", action=pb.Action(discrete=0)))
-        with pytest.raises(WorldNotFound):
-            RemoteWorld(addr, "no-such-world")
-        with pytest.raises(ResourceExhausted):  # oversize message
-            client.call(
-                "Step",
-                pb.StepRequest(
-                    session_id=env.session_id, action=pb.Action(continuous=pb.FloatArray(values=[0.0] * 5000))
-                ),
-            )
-        env.step(0)
-        *_, trunc, _ = env.step(1)
-        assert trunc
-        with pytest.raises(EpisodeEnded):
-            env.step(0)
-        env.reset()
-        assert env.step(1)[4]["frame_index"] == 1  # still serving
+            client.call("GetSession", pb.GetSessionRequest(session_id=sid))
+        client.close()
+
+
+def test_same_seed_same_rollout_and_encodings(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path) as srv:
+        raw = RemoteWorld(srv.address, "tiny")
+        png = RemoteWorld(srv.address, "tiny", encoding="png")
+        for env in (raw, png):
+            env.reset(seed=1)
+        for a in (0, 1, 1):
+            assert np.array_equal(raw.step(a)[0], png.step(a)[0])  # PNG is lossless
+        if enc.available(enc.JPEG):
+            jpg = RemoteWorld(srv.address, "tiny", encoding="jpeg")
+            exact, lossy = raw.reset(seed=2)[0], jpg.reset(seed=2)[0]
+            assert np.abs(exact.astype(int) - lossy.astype(int)).mean() < 8
+            jpg.close()
+        else:
+            with pytest.raises(Unsupported):
+                RemoteWorld(srv.address, "tiny", encoding="jpeg")
+        raw.close()
+        png.close()
+
+
+def test_context_frames(tiny_world_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ctx = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    with serving(tiny_world_path) as srv:
+        env = RemoteWorld(srv.address, "tiny", seed=0)
+        obs, _ = env.reset(seed=0, options={"frames": ctx, "actions": [0, 1]})
+        assert np.array_equal(obs, ctx[-1])
+        assert env.step(1)[4]["frame_index"] == 1
+        req = pb.CreateSessionRequest(world="tiny", context=pb.Context(frames=ctx.tobytes(), shape=[2, 64, 64, 3]))
+        resp = env.client.call("CreateSession", req)
+        assert np.array_equal(np.frombuffer(resp.frame.data, np.uint8).reshape(64, 64, 3), ctx[-1])
+        with pytest.raises(InvalidArgument, match="shape"):
+            env.reset(options={"frames": ctx[:1]})
+        with pytest.raises(InvalidArgument, match="2 actions"):
+            env.reset(options={"frames": ctx, "actions": [0]})
+        with pytest.raises(InvalidAction):
+            env.reset(options={"frames": ctx, "actions": [0, 7]})
         env.close()
 
 
-def test_auth_on_and_off() -> None:
-    with serving(token="s3cret") as (addr, _):
+def test_bad_input_gets_its_status_code_and_the_server_keeps_serving(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path, {"box": box_world()}, max_message_bytes=4096) as srv:
+        client = Client(srv.address)
+        env = RemoteWorld(srv.address, "tiny", seed=0, max_episode_steps=2)
+        box = RemoteWorld(srv.address, "box", seed=0)
+        sid = env.session_id
+
+        def step(session: str, **action: Any) -> None:
+            client.call("Step", pb.StepRequest(session_id=session, action=pb.Action(**action)))
+
+        errors: list[RemoteError] = []
+        cases: list[tuple[Callable[[], object], type[RemoteError], str | None]] = [
+            (lambda: env.step(5), InvalidAction, r"\[0, 1\]"),  # out of range, over the Play stream
+            (lambda: env.step(1.5), InvalidAction, "integer"),  # wrong type, caught client side
+            (lambda: step(sid, continuous=pb.FloatArray(values=[0.5])), InvalidAction, "does not fit"),
+            (lambda: step(sid), InvalidAction, "empty"),
+            (lambda: box.step([float("nan"), 0.0]), InvalidAction, "NaN"),
+            (lambda: box.step([0.5]), InvalidAction, r"shape \(B, 2\)"),
+            (lambda: box.step([3.0, 0.0]), InvalidAction, "outside"),
+            (lambda: step("no-such-session", discrete=0), SessionNotFound, "unknown session"),
+            (lambda: RemoteWorld(srv.address, "no-such-world"), WorldNotFound, "unknown world"),
+            (lambda: RemoteWorld(srv.address, "tiny", max_episode_steps=-1), InvalidArgument, "max_episode_steps"),
+            (lambda: step(sid, continuous=pb.FloatArray(values=[0.0] * 5000)), ResourceExhausted, None),  # oversize
+        ]
+        for call, cls, match in cases:
+            with pytest.raises(cls, match=match) as e:
+                call()
+            assert not isinstance(e.value, grpc.RpcError)
+            errors.append(e.value)
+        assert [e.code for e in errors if e.reason != "client side"] == (
+            ["INVALID_ARGUMENT"] * 6 + ["NOT_FOUND"] * 2 + ["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"]
+        )
+        assert errors[0].reason == "ERROR_REASON_INVALID_ACTION"
+
+        env.step(0)
+        *_, trunc, info = env.step(1)
+        assert trunc and info["frame_index"] == 2
+        with pytest.raises(EpisodeEnded) as ended:  # FAILED_PRECONDITION until reset
+            env.step(0)
+        assert ended.value.code == "FAILED_PRECONDITION" and env.session_info()["done"]
+        env.reset()
+        assert env.step(1)[4]["frame_index"] == 1  # the same session goes on, on a new stream
+        assert box.step([0.25, -0.5])[4]["frame_index"] == 1
+        assert client.healthy()
+        env.close()
+        box.close()
+
+
+def test_auth_on_and_off(tiny_world_path: Path) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with serving(tiny_world_path, token="s3cret") as srv:
+        for token in (None, "wrong"):
+            with pytest.raises(Unauthenticated) as e:
+                Client(srv.address, token=token).list_worlds()
+            assert e.value.code == "UNAUTHENTICATED"
         with pytest.raises(Unauthenticated):
-            Client(addr).list_worlds()
-        with pytest.raises(Unauthenticated):
-            Client(addr, token="wrong").list_worlds()
-        assert Client(addr, token="s3cret").list_worlds()[0]["name"] == "tiny"
-        env = RemoteWorld(addr, "tiny", token="s3cret", seed=0)
+            RemoteWorld(srv.address, "tiny")
+        assert Client(srv.address, token="s3cret").list_worlds()[0]["name"] == "tiny"
+        env = RemoteWorld(srv.address, "tiny", token="s3cret", seed=0)
         env.step(1)
         env.close()
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        # Health checks and reflection stay open (probes carry no credentials).
+        assert Client(srv.address).healthy()
+        stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(srv.address))
+        (resp,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in resp.list_services_response.service}
+        assert {"worldsim.v1.WorldService", "grpc.health.v1.Health"} <= names
+    with serving(tiny_world_path) as srv:  # auth off: any token or none
+        assert Client(srv.address, token="anything").list_worlds() and Client(srv.address).list_worlds()
 
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))  # health stays open
-        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
-    with serving() as (addr, _):
-        assert Client(addr, token="anything").list_worlds()
 
-
-def test_session_limit_and_slots_freed() -> None:
-    with serving(max_sessions=2) as (addr, _):
-        a, b = RemoteWorld(addr, "tiny", seed=0), RemoteWorld(addr, "tiny", seed=1)
-        with pytest.raises(ResourceExhausted, match="2 sessions"):
-            RemoteWorld(addr, "tiny")
+def test_session_limit(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path, max_sessions=2) as srv:
+        a, b = RemoteWorld(srv.address, "tiny", seed=0), RemoteWorld(srv.address, "tiny", seed=1)
+        with pytest.raises(ResourceExhausted, match="maximum of 2") as e:
+            RemoteWorld(srv.address, "tiny")
+        assert e.value.reason == "ERROR_REASON_SESSION_LIMIT"
         a.step(0)
         a.close()
-        c = RemoteWorld(addr, "tiny", seed=2)  # the slot is free again; b kept its row's history
-        b.step(1), c.step(0)
-        b.close(), c.close()
+        c = RemoteWorld(srv.address, "tiny", seed=2)  # the slot is free again
+        b.step(1)
+        c.step(0)
+        b.close()
+        c.close()
 
 
-def test_closing_compacts_rows_without_losing_history() -> None:
-    """Closing a session moves the last row into its slot: that session's rollout must go on unchanged."""
-    with serving() as (addr, _):
-        a, b = RemoteWorld(addr, "tiny", seed=0), RemoteWorld(addr, "tiny", seed=0)
-        ref = RemoteWorld(addr, "tiny", seed=0)
-        b.reset(seed=9), ref.reset(seed=9)
-        for i in range(3):
-            b.step(i % 2), ref.step(i % 2)
-        a.close()  # b moves from row 1 to row 0
-        fb, fr = b.step(1)[0], ref.step(1)[0]
-        assert np.abs(fb.astype(int) - fr.astype(int)).max() <= 1
-        b.close(), ref.close()
+def test_a_row_never_advances_without_its_clients_action(tiny_world_path: Path) -> None:
+    """Other sessions stepping, and closing (which moves rows), leave a session's rollout unchanged."""
+    with serving(tiny_world_path) as srv:
+        a, b = RemoteWorld(srv.address, "tiny", seed=0), RemoteWorld(srv.address, "tiny", seed=0)
+        with serving(tiny_world_path) as alone:
+            ref = RemoteWorld(alone.address, "tiny", seed=0)  # the same rollout on a server of its own
+            b.reset(seed=9), ref.reset(seed=9)
+            for i in range(4):
+                a.step(i % 2)
+            assert b.session_info()["frame_index"] == 0
+            for i in range(2):
+                assert np.abs(b.step(i % 2)[0].astype(int) - ref.step(i % 2)[0].astype(int)).max() <= 1
+            a.close()  # b moves from row 1 to row 0
+            for i in range(3):
+                fb, fr = b.step(i % 2)[0], ref.step(i % 2)[0]
+                assert np.abs(fb.astype(int) - fr.astype(int)).max() <= 1
+            ref.close()
+        b.close()
 
 
-def test_idle_eviction() -> None:
-    with serving(idle_timeout=0.4) as (addr, server):
-        env = RemoteWorld(addr, "tiny", seed=0)
+def test_guided_world_serves_sessions_one_by_one(tiny_world_path: Path) -> None:
+    guided = tiny_world(sampler=SamplerConfig(cfg_scale=2.0))
+    with serving(tiny_world_path, {"guided": guided}) as srv:
+        assert srv.server is not None and not srv.server.hosts["guided"].shared
+        a, b = RemoteWorld(srv.address, "guided", seed=0), RemoteWorld(srv.address, "guided", seed=1)
+        for env, action in ((a, 0), (a, 1), (b, 1)):
+            env.step(action)
+        a.close()
+        assert b.step(0)[4]["frame_index"] == 2
+        b.close()
+
+
+def test_idle_eviction(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path, idle_timeout=0.3) as srv:
+        env = RemoteWorld(srv.address, "tiny", seed=0)
+        busy = RemoteWorld(srv.address, "tiny", seed=1)
         env.step(0)
-        time.sleep(1.5)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.9:
+            busy.step(1)  # an active session is not evicted
+            time.sleep(0.05)
         with pytest.raises(SessionNotFound):
             env.step(0)
-        assert server.service.hosts["tiny"].sessions == {}
+        busy.step(0)
+        assert srv.server is not None and list(srv.server.hosts["tiny"].sessions) == [busy.session_id]
+        busy.close()
 
 
-def test_sixteen_concurrent_streaming_clients() -> None:
-    with serving() as (addr, server):
+def test_rate_limit_paces_a_session(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path, rate_limit=20.0) as srv:
+        env = RemoteWorld(srv.address, "tiny", seed=0)
+        env.step(0)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            env.step(1)
+        assert time.perf_counter() - t0 >= 5 / 20 - 0.02
+        env.close()
 
-        def play(i: int) -> int:
-            env = RemoteWorld(addr, "tiny", seed=i)
-            for k in range(8):
+
+def test_sixteen_concurrent_streaming_clients(tiny_world_path: Path) -> None:
+    n, steps = 16, 10
+    with serving(tiny_world_path, window_ms=5.0) as srv:
+        start = threading.Barrier(n)
+
+        def play(i: int) -> list[int]:
+            env = RemoteWorld(srv.address, "tiny", seed=i)
+            start.wait(30)
+            sizes = []
+            for k in range(steps):
                 env.step((i + k) % 2)
+                sizes.append(env.last_batch_size)
+            assert env.session_info()["frame_index"] == steps
             env.close()
-            return i
+            return sizes
 
-        with ThreadPoolExecutor(16) as pool:
-            assert sorted(pool.map(play, range(16))) == list(range(16))
-        host = server.service.hosts["tiny"]
-        assert host.steps == 16 * 8
-        assert host.batches < host.steps  # requests were batched
+        with ThreadPoolExecutor(n) as pool:
+            sizes = [s for r in pool.map(play, range(n)) for s in r]
+        assert srv.server is not None
+        host = srv.server.hosts["tiny"]
+        assert host.steps == n * steps and host.sessions == {}
+        assert host.batches < host.steps and max(sizes) > 1  # sessions were stepped together
 
 
-def test_remote_world_passes_env_checker() -> None:
+@pytest.mark.filterwarnings("ignore:.*alternative render modes")
+def test_remote_world_passes_env_checker(tiny_world_path: Path) -> None:
     from gymnasium.utils.env_checker import check_env
 
-    with serving() as (addr, _):
-        env = RemoteWorld(addr, "tiny", seed=0)
-        check_env(env, skip_render_check=True)
+    with serving(tiny_world_path, {"box": box_world()}) as srv:
+        for name in ("tiny", "box"):
+            env = RemoteWorld(srv.address, name, seed=0)
+            check_env(env)
+            env.close()
+
+
+def _openssl_cert(tmp: Path) -> tuple[Path, Path]:
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls(tiny_world_path: Path, tmp_path: Path) -> None:
+    cert, key = _openssl_cert(tmp_path)
+    with serving(tiny_world_path, tls_cert=cert, tls_key=key, token="t") as srv:
+        env = RemoteWorld(srv.address, "tiny", token="t", root_cert=cert, seed=0)
+        assert env.step(1)[4]["frame_index"] == 1
         env.close()
+        with pytest.raises(Unavailable):
+            Client(srv.address, token="t", timeout=2).list_worlds()  # plaintext against a TLS port
+
+
+def test_cli_serve_and_sigterm(tiny_world_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim.cli", "serve", str(tiny_world_path), "--port", "0", "--grace", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        info = json.loads(line)
+        assert info["worlds"] == ["tiny"]
+        client = Client(f"127.0.0.1:{info['port']}")
+        env = client.open("tiny", seed=0)
+        env.step(0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stderr is not None and "serving tiny on 127.0.0.1:" in proc.stderr.read()
+        assert not client.healthy()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_bench_grpc_smoke() -> None:
+    from worldsim.serve.bench import bench_grpc
+
+    res = bench_grpc(tiny_world(), clients=(1, 4), frames=12, warmup=1)
+    for n in (1, 4):
+        r = res[f"clients_{n}"]
+        assert r["grpc"]["frames_per_s"] > 0 and r["in_process"]["p50_ms"] > 0 and r["grpc"]["mean_batch"] >= 1
 
 
 def test_stubs_match_proto() -> None:
     pytest.importorskip("grpc_tools")
-    res = subprocess.run([sys.executable, "-m", "worldsim.serve.codegen", "--check"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    from worldsim.serve.codegen import stale_stubs
+
+    assert stale_stubs() == [], "run python -m worldsim.serve.codegen"

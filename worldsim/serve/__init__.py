@@ -1,3 +1,11 @@
-"""The gRPC surface: ``worldsim serve`` (``server.py``), micro-batched sessions (``sessions.py``),
-the versioned API in ``proto/worldsim/v1`` with stubs in ``_proto`` (``python -m
-worldsim.serve.codegen``). The client is :mod:`worldsim.client`."""
+"""The gRPC surface of worldsim.
+
+- ``proto/worldsim/v1/world.proto``: the versioned API (package ``worldsim.v1``); stubs in
+  ``worldsim.serve._proto``, regenerated with ``python -m worldsim.serve.codegen``.
+- :mod:`worldsim.serve.server`: ``worldsim serve`` on ``grpc.aio`` (health, reflection, token
+  auth, TLS, limits, idle eviction, graceful shutdown); ``BackgroundServer`` for in-process use.
+- :mod:`worldsim.serve.sessions`: client sessions as rows of one engine, micro-batched.
+- :mod:`worldsim.serve.bench`: ``bench_grpc`` for ``worldsim bench --grpc``.
+
+The client side is :mod:`worldsim.client` (``RemoteWorld``, a ``gym.Env``; ``Client``).
+"""

@@ -10,6 +10,9 @@ Needs grpcio-tools (in the ``dev`` extra) and a source checkout (the .proto file
   the subpackage ``worldsim.serve._proto``;
 - nothing else. ``--check`` ignores the lines that only record the generator's version, so a
   different grpcio-tools with the same output format does not count as stale.
+
+The .proto files are copied next to the stubs too, so that an installed worldsim carries its API
+definition (for clients in other languages) without a source checkout.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def generate(dest: Path) -> list[Path]:
             target = dest / f.name
             target.write_text(text)
             out.append(target)
+    for f in files:
+        target = dest / f.name
+        target.write_text(f.read_text())
+        out.append(target)
     return out
 
 

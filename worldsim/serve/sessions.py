@@ -1,16 +1,38 @@
 """Client sessions of one world, stepped together in micro-batches.
 
-Design:
+How client sessions map to the engine
+-------------------------------------
+The engine steps a :class:`~worldsim.engine.Session` of B rows with one batched model call, and
+``Session.step(actions, rows=...)`` advances *only* the rows it is given (the others keep their KV
+cache, RNG and frame untouched). So:
 
-- One engine :class:`~worldsim.engine.Session` per world with ``max_sessions`` rows. Each client
-  session owns one row; active sessions are kept *compact* in rows ``0..n-1`` (closing a session
-  moves the last row into the hole), so a tick where every client asked steps a prefix view of
-  the KV cache with no copy.
-- Step requests are queued. The batcher waits for the first request, then up to ``window_ms``
-  more or until every active session has asked, and runs ONE batched ``step(actions, rows)`` for
-  exactly the rows that asked: a row never advances without its client's action.
-- All model work runs on one worker thread (off the event loop), in submission order; row
-  bookkeeping happens on the event loop under a lock that a dispatch holds too.
+- Each world has ONE engine Session with ``max_sessions`` rows; each client session owns one row
+  for its whole life. Every row has its own RNG and history, so sessions never see each other.
+- Active sessions are kept *compact* in rows ``0..n-1``: closing a session moves the last
+  session's row into the hole (``Session.move_row`` copies history, RNG and frame). When every
+  client asked, a tick steps the prefix ``0..n-1``, a view of the cache with no copy; a subset
+  costs one gather/scatter of those rows.
+- A tick runs ``step(actions, rows)`` for exactly the rows whose clients sent an action. **A row
+  never advances without its client's action**: there are no filler actions and no replays.
+- Worlds sampled with classifier-free guidance (``cfg_scale != 1``) cannot step a subset of rows
+  in the engine; there each client session gets its own batch-1 Session instead and a tick steps
+  them one after the other (correct, just not batched).
+
+Micro-batching
+--------------
+Step requests go into ``pending`` (at most one per session; a second one while the first waits is
+FAILED_PRECONDITION). The batcher task wakes on the first request, then waits until every active
+session has asked or the window passed, whichever is first, and runs one batched step. While a
+batch runs, new requests queue up for the next tick, so throughput grows with the number of
+clients while a lone client waits for nobody (all active sessions = itself). The window is
+``window_ms``, or a tenth of the recent batched-step time when that is longer (at most 50 ms):
+with a slow model, waiting a little for stragglers costs little and fills the batches.
+
+Threads
+-------
+All model work (reset, step, move_row) runs on one worker thread per world, off the event loop.
+Row bookkeeping happens on the event loop under ``lock``, which a tick holds while its batch runs,
+so creating, resetting or closing a session never interleaves with a step.
 """
 
 from __future__ import annotations
@@ -19,36 +41,79 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from worldsim.engine.world import StepResult, WorldModel
+from worldsim.engine.world import Session, WorldModel
+from worldsim.serve._proto import world_pb2 as pb
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class SessionLimit(Exception):
-    """Too many sessions on this world."""
+# ---------------------------------------------------------------------------- errors
+class ServeError(Exception):
+    """An error a client caused; ``code`` is the grpc.StatusCode name, ``reason`` an ErrorReason."""
+
+    code = "INTERNAL"
+    reason = pb.ERROR_REASON_UNSPECIFIED
 
 
-class EpisodeOver(Exception):
-    """Step after the episode ended (terminated or truncated) without a reset."""
+class WorldNotFound(ServeError):
+    code, reason = "NOT_FOUND", pb.ERROR_REASON_WORLD_NOT_FOUND
+
+
+class SessionNotFound(ServeError):
+    code, reason = "NOT_FOUND", pb.ERROR_REASON_SESSION_NOT_FOUND
+
+
+class InvalidArgument(ServeError):
+    code, reason = "INVALID_ARGUMENT", pb.ERROR_REASON_INVALID_ARGUMENT
+
+
+class InvalidAction(ServeError):
+    code, reason = "INVALID_ARGUMENT", pb.ERROR_REASON_INVALID_ACTION
+
+
+class SessionLimit(ServeError):
+    code, reason = "RESOURCE_EXHAUSTED", pb.ERROR_REASON_SESSION_LIMIT
+
+
+class EpisodeEnded(ServeError):
+    code, reason = "FAILED_PRECONDITION", pb.ERROR_REASON_EPISODE_ENDED
+
+
+class StepInFlight(ServeError):
+    code, reason = "FAILED_PRECONDITION", pb.ERROR_REASON_STEP_IN_FLIGHT
+
+
+class UnsupportedEncoding(ServeError):
+    code, reason = "UNIMPLEMENTED", pb.ERROR_REASON_UNSUPPORTED_ENCODING
+
+
+# ---------------------------------------------------------------------------- state
+@dataclass
+class Options:
+    max_episode_steps: int = 0
+    encoding: int = pb.FRAME_ENCODING_RAW
+    jpeg_quality: int = 0
 
 
 @dataclass
 class ClientSession:
     sid: str
     row: int
-    encoding: int = 0
-    max_episode_steps: int = 0
-    elapsed: int = 0
-    episodes: int = 1
+    options: Options = field(default_factory=Options)
+    engine: Session | None = None  # own batch-1 engine (guided worlds only)
+    elapsed: int = 0  # steps in the current episode
+    episode: int = 0
     done: bool = False
     last_active: float = field(default_factory=time.monotonic)
-    next_allowed: float = 0.0
+    next_allowed: float = 0.0  # rate limit: earliest time of the next step
 
 
 @dataclass
@@ -58,136 +123,254 @@ class StepOut:
     terminated: bool
     truncated: bool
     frame_index: int
-    latency_ms: float
+    episode: int
+    batch_size: int
+    t_in: float  # perf_counter() when the request was queued
+
+
+@dataclass
+class _Pending:
+    cs: ClientSession
+    action: np.ndarray
+    future: asyncio.Future[StepOut]
+    t_in: float
 
 
 class WorldHost:
+    """One served world: its engine, its client sessions and their micro-batcher."""
+
     def __init__(
-        self, name: str, world: WorldModel, max_sessions: int = 64, window_ms: float = 3.0, rate_limit: float = 0.0
+        self,
+        name: str,
+        world: WorldModel,
+        max_sessions: int = 64,
+        window_ms: float = 3.0,
+        rate_limit: float = 0.0,
     ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         self.name, self.world = name, world
         self.max_sessions = max_sessions
         self.window = window_ms / 1e3
+        self.step_seconds = 0.0  # moving average of a batched step's wall time
         self.min_interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
-        self.engine = world.session(batch=max_sessions, seed=0)
+        self.shared = world.config.sampler.cfg_scale == 1.0
+        self.engine: Session | None = world.session(batch=max_sessions, seed=0) if self.shared else None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self.sessions: dict[str, ClientSession] = {}
         self.by_row: list[str | None] = [None] * max_sessions
         self.lock = asyncio.Lock()
-        self.pending: dict[str, tuple[np.ndarray, asyncio.Future[StepOut], float]] = {}
-        self.wake = asyncio.Event()
-        self.batcher: asyncio.Task[None] | None = None
-        self.steps = 0
-        self.batches = 0
+        self.pending: dict[str, _Pending] = {}
+        self._changed = asyncio.Event()
+        self._batcher: asyncio.Task[None] | None = None
+        self.steps = 0  # session-steps served
+        self.batches = 0  # model calls (ticks)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.batcher = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+        self._batcher = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        if self.batcher is not None:
-            self.batcher.cancel()
+        if self._batcher is not None:
+            self._batcher.cancel()
+            try:
+                await self._batcher
+            except asyncio.CancelledError:
+                pass
+        for p in self.pending.values():
+            if not p.future.done():
+                p.future.set_exception(SessionNotFound("the server is shutting down"))
+        self.pending.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
+    @property
+    def context_frames(self) -> int:
+        return int(self.world.config.context_frames)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.world.config.codec.image_size)
+
     # ------------------------------------------------------------------ sessions
-    async def create(self, seed: int | None, encoding: int, max_episode_steps: int) -> tuple[ClientSession, np.ndarray]:
+    def _reset_engine(
+        self, cs: ClientSession, seed: int | None, frames: np.ndarray | None, actions: np.ndarray | None
+    ) -> np.ndarray:
+        """(worker thread) Start a new episode in the session's row; returns its first frame."""
+        if cs.engine is not None:
+            return cs.engine.reset(frames=frames, actions=actions, seed=seed)[0]
+        assert self.engine is not None
+        return self.engine.reset(frames=frames, actions=actions, seed=seed, rows=[cs.row])[cs.row]
+
+    async def create(
+        self,
+        seed: int | None,
+        options: Options,
+        frames: np.ndarray | None = None,
+        actions: np.ndarray | None = None,
+    ) -> tuple[ClientSession, np.ndarray]:
         async with self.lock:
             if len(self.sessions) >= self.max_sessions:
-                raise SessionLimit(f"world {self.name!r} already has {self.max_sessions} sessions")
+                raise SessionLimit(f"world {self.name!r} already has its maximum of {self.max_sessions} sessions")
             row = len(self.sessions)
-            cs = ClientSession(uuid.uuid4().hex, row, encoding, max_episode_steps)
-            frames = await self._call(self.engine.reset, seed=seed if seed is not None else _fresh_seed(), rows=[row])
+            cs = ClientSession(uuid.uuid4().hex, row, options)
+            if not self.shared:
+                cs.engine = self.world.session(batch=1)
+            # A fresh seed when none is given: the row's RNG still holds its previous owner's state.
+            seed = seed if seed is not None else _fresh_seed()
+            try:
+                frame = await self._call(self._reset_engine, cs, seed, frames, actions)
+            except ValueError as e:
+                raise InvalidArgument(str(e)) from e
             self.sessions[cs.sid] = cs
             self.by_row[row] = cs.sid
-        return cs, frames[row]
+            self._changed.set()
+        return cs, frame
 
-    async def reset(self, cs: ClientSession, seed: int | None) -> np.ndarray:
+    async def reset(
+        self,
+        cs: ClientSession,
+        seed: int | None,
+        frames: np.ndarray | None = None,
+        actions: np.ndarray | None = None,
+    ) -> np.ndarray:
         async with self.lock:
-            self._cancel_pending(cs, "the session was reset")
-            frames = await self._call(
-                self.engine.reset, seed=seed if seed is not None else _fresh_seed(), rows=[cs.row]
-            )
+            self._check_open(cs)
+            self._cancel_pending(cs, StepInFlight("the session was reset while this step waited"))
+            try:
+                frame = await self._call(self._reset_engine, cs, seed, frames, actions)
+            except ValueError as e:
+                raise InvalidArgument(str(e)) from e
             cs.elapsed, cs.done, cs.last_active = 0, False, time.monotonic()
-            cs.episodes += 1
-        return frames[cs.row]
+            cs.episode += 1
+        return frame
 
-    async def close(self, cs: ClientSession) -> None:
+    async def close(self, cs: ClientSession, why: str = "the session was closed") -> bool:
+        """Free the session's row (moving the last session into it); False if it was not open."""
         async with self.lock:
             if self.sessions.pop(cs.sid, None) is None:
-                return
-            self._cancel_pending(cs, "the session was closed")
-            last = len(self.sessions)  # the row of the last active session before removal
-            if cs.row != last:
-                moved = self.sessions[self.by_row[last]]  # type: ignore[index]
+                return False
+            self._cancel_pending(cs, SessionNotFound(why))
+            last = len(self.sessions)  # the row of the last session, now that one is gone
+            if self.shared and cs.row != last:
+                moved_sid = self.by_row[last]
+                assert moved_sid is not None and self.engine is not None
                 await self._call(self.engine.move_row, last, cs.row)
-                moved.row = cs.row
-                self.by_row[cs.row] = moved.sid
+                moved = self.sessions[moved_sid]
+                moved.row, self.by_row[cs.row] = cs.row, moved_sid
+            elif not self.shared and cs.row != last:
+                moved_sid = self.by_row[last]
+                assert moved_sid is not None
+                self.sessions[moved_sid].row, self.by_row[cs.row] = cs.row, moved_sid
             self.by_row[last] = None
+            cs.engine = None
+            self._changed.set()
+        return True
 
-    def _cancel_pending(self, cs: ClientSession, why: str) -> None:
-        item = self.pending.pop(cs.sid, None)
-        if item is not None and not item[1].done():
-            item[1].set_exception(EpisodeOver(why))
+    def _check_open(self, cs: ClientSession) -> None:
+        if cs.sid not in self.sessions:
+            raise SessionNotFound(f"session {cs.sid!r} was closed")
 
-    def evict_idle(self, timeout: float) -> list[str]:
+    def _cancel_pending(self, cs: ClientSession, error: ServeError) -> None:
+        p = self.pending.pop(cs.sid, None)
+        if p is not None and not p.future.done():
+            p.future.set_exception(error)
+
+    def idle(self, timeout: float) -> list[ClientSession]:
+        """Sessions without a request for more than ``timeout`` seconds and no step waiting."""
         now = time.monotonic()
-        return [sid for sid, cs in self.sessions.items() if now - cs.last_active > timeout and sid not in self.pending]
+        return [cs for sid, cs in self.sessions.items() if now - cs.last_active > timeout and sid not in self.pending]
 
     # ------------------------------------------------------------------ stepping
     async def step(self, cs: ClientSession, action: np.ndarray) -> StepOut:
-        """Queue one (validated) action; resolves when its batch has run."""
+        """Queue one validated action for ``cs``; resolves when its batch has run."""
+        self._check_open(cs)
         if cs.done:
-            raise EpisodeOver("the episode has ended: call Reset before stepping again")
+            raise EpisodeEnded("the episode has ended (terminated or truncated): call Reset before stepping again")
         if cs.sid in self.pending:
-            raise EpisodeOver("a step for this session is already in flight")
-        now = time.monotonic()
-        if self.min_interval and now < cs.next_allowed:
-            await asyncio.sleep(cs.next_allowed - now)  # per-session rate limit: pace, don't drop
-        cs.next_allowed = time.monotonic() + self.min_interval
-        fut: asyncio.Future[StepOut] = asyncio.get_running_loop().create_future()
-        self.pending[cs.sid] = (action, fut, time.perf_counter())
+            raise StepInFlight("a step for this session is already waiting; send one action at a time")
         cs.last_active = time.monotonic()
-        self.wake.set()
-        return await fut
+        if self.min_interval:  # per-session rate limit: pace the client, do not drop its step
+            now = time.monotonic()
+            if now < cs.next_allowed:
+                await asyncio.sleep(cs.next_allowed - now)
+                self._check_open(cs)
+                if cs.sid in self.pending:
+                    raise StepInFlight("a step for this session is already waiting; send one action at a time")
+            cs.next_allowed = max(now, cs.next_allowed) + self.min_interval
+        fut: asyncio.Future[StepOut] = asyncio.get_running_loop().create_future()
+        self.pending[cs.sid] = _Pending(cs, action, fut, time.perf_counter())
+        self._changed.set()
+        try:
+            return await fut
+        except asyncio.CancelledError:  # the client went away before its batch ran: drop the action
+            p = self.pending.get(cs.sid)
+            if p is not None and p.future is fut:
+                del self.pending[cs.sid]
+            raise
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self.wake.wait()
-            deadline = time.monotonic() + self.window
-            while len(self.pending) < len(self.sessions) and time.monotonic() < deadline:
-                await asyncio.sleep(0.0005)
-            self.wake.clear()
-            async with self.lock:
-                batch = [(self.sessions[sid], item) for sid, item in self.pending.items() if sid in self.sessions]
-                self.pending.clear()
-                if not batch:
-                    continue
-                batch.sort(key=lambda x: x[0].row)
-                rows = [cs.row for cs, _ in batch]
-                actions = np.stack([item[0] for _, item in batch])
+            while not self.pending:
+                self._changed.clear()
+                await self._changed.wait()
+            deadline = loop.time() + max(self.window, min(0.1 * self.step_seconds, 0.05))
+            while len(self.pending) < len(self.sessions) and (remaining := deadline - loop.time()) > 0:
+                self._changed.clear()
                 try:
-                    res: StepResult = await self._call(self.engine.step, actions, rows=rows)
-                except Exception as e:  # a model failure fails this batch, not the server
-                    log.exception("batched step failed")
-                    for _, (_, fut, _) in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    continue
-            self.batches += 1
-            self.steps += len(batch)
-            now = time.perf_counter()
-            for i, (cs, (_, fut, t_in)) in enumerate(batch):
-                cs.elapsed += 1
-                term = bool(res.terminated[i])
-                trunc = bool(cs.max_episode_steps and cs.elapsed >= cs.max_episode_steps and not term)
-                cs.done = term or trunc
-                if not fut.done():
-                    fut.set_result(
-                        StepOut(res.frames[i], float(res.rewards[i]), term, trunc, cs.elapsed, (now - t_in) * 1e3)
-                    )
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            async with self.lock:
+                batch = sorted(self.pending.values(), key=lambda p: p.cs.row)
+                self.pending.clear()
+                if batch:
+                    await self._tick(batch)
+
+    async def _tick(self, batch: list[_Pending]) -> None:
+        rows = [p.cs.row for p in batch]
+        actions = np.stack([p.action for p in batch])
+        t0 = time.perf_counter()
+        try:
+            if self.shared:
+                assert self.engine is not None
+                res = await self._call(self.engine.step, actions, rows=rows)
+                outs = [(res.frames[i], res.rewards[i], res.terminated[i]) for i in range(len(batch))]
+            else:
+                outs = await self._call(_step_each, [p.cs.engine for p in batch], actions)
+        except Exception as e:  # a model failure fails this batch, not the server
+            log.exception("batched step of %d sessions on %s failed", len(batch), self.name)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        dt = time.perf_counter() - t0
+        self.step_seconds = dt if self.batches == 0 else 0.8 * self.step_seconds + 0.2 * dt
+        self.batches += 1
+        self.steps += len(batch)
+        for p, (frame, reward, term) in zip(batch, outs):
+            cs = p.cs
+            cs.elapsed += 1
+            terminated = bool(term)
+            truncated = bool(cs.options.max_episode_steps and cs.elapsed >= cs.options.max_episode_steps)
+            truncated = truncated and not terminated
+            cs.done = terminated or truncated
+            cs.last_active = time.monotonic()
+            if not p.future.done():
+                out = StepOut(frame, float(reward), terminated, truncated, cs.elapsed, cs.episode, len(batch), p.t_in)
+                p.future.set_result(out)
+
+
+def _step_each(engines: list[Session | None], actions: np.ndarray) -> list[tuple[np.ndarray, float, bool]]:
+    out = []
+    for eng, a in zip(engines, actions):
+        assert eng is not None
+        r = eng.step(a[None])
+        out.append((r.frames[0], float(r.rewards[0]), bool(r.terminated[0])))
+    return out
 
 
 def _fresh_seed() -> int:
