@@ -1,12 +1,18 @@
 """Dream to real: train PPO only inside the neural CartPole, then score it in the real CartPole-v1.
 
 The agent never sees the real game while it learns: it steps ``worldsim/CartPole-v0`` (the
-learned world, 16 rows in one batched engine call per step). Afterwards the same policy plays
-the real CartPole-v1 from pixels: the real frames go through the same crop + 64x64 area resize
-the recorder used, and every action is held for the world's frameskip. Both returns are printed,
-next to a random policy's.
+learned world; ``num_envs`` rows advanced by one batched engine call per step, through
+``gym.make_vec(..., vectorization_mode="vector_entry_point")`` and the SB3 adapter). Then the
+same policy plays the real CartPole-v1 from pixels: each real frame goes through the recorder's
+own crop + 64x64 area resize (``worldsim.data.preprocess``) and every action is held for the
+world's frameskip, exactly as when the world's training data was recorded. Both returns are
+printed, next to a random policy's in both games.
 
-    python examples/dream_to_real.py --total-timesteps 50000
+    python examples/dream_to_real.py --total-timesteps 100000
+    python examples/dream_to_real.py --world-path tiny.safetensors --total-timesteps 256   # smoke test
+
+Returns are in the real game's reward units in both worlds: a neural frame's reward is the sum
+of the real rewards over the frameskip, as recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,98 +30,165 @@ import numpy as np
 @dataclass
 class Args:
     world: str = "cartpole"
-    """Bundled world name (its real game is used for scoring)."""
+    """Bundled world: its gym id is trained in, its real game (and crop, frameskip) scores the agent."""
     world_path: str = ""
-    """A checkpoint to train in instead of the bundled one (same real game)."""
-    total_timesteps: int = 50_000
-    """PPO environment steps inside the neural world."""
+    """Train in this checkpoint instead of the bundled one (a world of the same real game)."""
+    total_timesteps: int = 100_000
+    """PPO environment steps (neural frames) inside the neural world."""
     num_envs: int = 16
-    """Neural worlds stepped together (one batched engine call)."""
+    """Neural worlds stepped together (one batched engine call per step)."""
+    n_steps: int = 128
+    """PPO rollout length per env (shortened automatically for tiny --total-timesteps)."""
+    batch_size: int = 256
+    """PPO minibatch size."""
+    n_epochs: int = 4
+    """PPO epochs per rollout."""
+    learning_rate: float = 3e-4
+    """PPO learning rate."""
     n_stack: int = 2
-    """Frames stacked as the policy's observation (velocity is not visible in one frame)."""
-    max_episode_steps: int = 200
-    """Episode length cap, in the neural world and in the real game (recorded frames)."""
+    """Frames stacked as the policy's observation (one frame shows no velocity)."""
+    max_episode_steps: int = 250
+    """Episode cap in frames, in the neural world and in the real game alike."""
     eval_episodes: int = 10
-    """Real-game episodes to score the policy (and a random policy) on."""
+    """Episodes to score each policy on, in the neural world and in the real game."""
     seed: int = 0
-    """Seed for PPO, the neural world and the real game."""
+    """Seed for PPO, the neural world and the real game's episodes."""
+    device: str = ""
+    """Torch device for the world model ("" = CUDA if available, else CPU)."""
 
 
 def parse() -> Args:
+    """tyro if it is installed, else a tiny argparse built from the dataclass (docstrings as help)."""
+    try:
+        import tyro
+    except ImportError:
+        pass
+    else:
+        return tyro.cli(Args, description=__doc__)
+    import ast
+    import inspect
+
+    # Field docstrings are the string literals right after each field in the class body.
+    docs: dict[str, str] = {}
+    body = ast.parse(inspect.getsource(Args)).body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Args):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        flag, help_ = "--" + f.name.replace("_", "-"), f"{docs.get(f.name, '')} (default: {f.default!r})"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=help_)
     return Args(**vars(p.parse_args()))
 
 
-def real_return(policy, args: Args, episodes: int) -> float:  # type: ignore[no-untyped-def]
-    """Mean return in the real game, the policy seeing preprocessed frames (stacked like in training)."""
-    from worldsim.data.frames import preprocess
+def make_dream(args: Args):  # type: ignore[no-untyped-def]
+    """The neural world as an SB3 VecEnv: channel-first uint8 frames, ``n_stack`` stacked."""
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    import worldsim  # noqa: F401  (registers worldsim/CartPole-v0)
+    from worldsim.gym import WorldVectorEnv, to_sb3
+    from worldsim.worlds import get_world
+
+    kwargs: dict[str, Any] = dict(
+        channels_first=True, max_episode_steps=args.max_episode_steps, device=args.device or None
+    )
+    if args.world_path:
+        venv: Any = WorldVectorEnv(args.world_path, num_envs=args.num_envs, **kwargs)
+    else:
+        gym_id = get_world(args.world).gym_id
+        venv = gym.make_vec(gym_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    vec = VecFrameStack(to_sb3(venv), n_stack=args.n_stack, channels_order="first")
+    vec.seed(args.seed)
+    return vec
+
+
+def dream_return(vec, policy: Callable[[np.ndarray], np.ndarray], episodes: int) -> float:  # type: ignore[no-untyped-def]
+    """Mean return of ``policy`` over the first ``episodes`` episodes that end in the neural world."""
+    obs, ep_ret = vec.reset(), np.zeros(vec.num_envs)
+    returns: list[float] = []
+    while len(returns) < episodes:
+        obs, rew, done, _ = vec.step(policy(obs))
+        ep_ret += rew
+        for i in np.flatnonzero(done):
+            returns.append(float(ep_ret[i]))
+            ep_ret[i] = 0.0
+    return float(np.mean(returns[:episodes]))
+
+
+def real_return(policy: Callable[[np.ndarray], int], args: Args, episodes: int) -> float:
+    """Mean return in the real game; the policy sees preprocessed, stacked frames like in training."""
+    from worldsim.data import preprocess  # the recorder's crop + area resize
     from worldsim.worlds import get_world
 
     world = get_world(args.world)
     env = world.make_env()
+
+    def frame() -> np.ndarray:
+        return preprocess(env.render(), world.crop).transpose(2, 0, 1)  # (3, 64, 64), as in the dream
+
     returns = []
     for ep in range(episodes):
-        env.reset(seed=args.seed + 10_000 + ep)
-        frame = preprocess(env.render(), world.crop).transpose(2, 0, 1)
-        stack = [frame] * args.n_stack
-        total = 0.0
+        env.reset(seed=args.seed + 10_000 + ep)  # episodes the world was not trained on
+        # VecFrameStack starts an episode with zeros in the older slots: do the same.
+        first = frame()
+        stack = [np.zeros_like(first)] * (args.n_stack - 1) + [first]
+        total, done = 0.0, False
         for _ in range(args.max_episode_steps):
             action = policy(np.concatenate(stack, axis=0)[None])
-            done = False
-            for _ in range(world.frameskip):
-                _, r, term, trunc, _ = env.step(int(action))
+            for _ in range(world.frameskip):  # one neural frame = frameskip real steps, action held
+                _, r, term, trunc, _ = env.step(action)
                 total += float(r)
                 done = term or trunc
                 if done:
                     break
             if done:
                 break
-            stack = stack[1:] + [preprocess(env.render(), world.crop).transpose(2, 0, 1)]
+            stack = stack[1:] + [frame()]
         returns.append(total)
     env.close()
     return float(np.mean(returns))
 
 
-def main(args: Args) -> None:
+def main(args: Args) -> dict[str, float]:
     from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import VecFrameStack
 
-    from worldsim.gym import WorldVectorEnv, to_sb3
-
-    venv = WorldVectorEnv(
-        args.world_path or args.world,
-        num_envs=args.num_envs,
-        channels_first=True,
-        max_episode_steps=args.max_episode_steps,
-    )
-    venv.reset(seed=args.seed)
-    vec = VecFrameStack(to_sb3(venv), n_stack=args.n_stack, channels_order="first")
+    vec = make_dream(args)
+    n_steps = max(2, min(args.n_steps, args.total_timesteps // args.num_envs))
     model = PPO(
-        "CnnPolicy", vec, n_steps=128, batch_size=256, n_epochs=4, learning_rate=3e-4, seed=args.seed, verbose=0
+        "CnnPolicy",
+        vec,
+        n_steps=n_steps,
+        batch_size=min(args.batch_size, n_steps * args.num_envs),
+        n_epochs=args.n_epochs,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        device="cpu" if not args.device else args.device,
+        verbose=0,
     )
     t = time.time()
     model.learn(total_timesteps=args.total_timesteps)
-    print(f"trained {args.total_timesteps} steps in the neural world in {time.time() - t:.0f} s")
+    print(f"trained PPO for {args.total_timesteps} steps in the neural world in {time.time() - t:.1f} s")
 
-    # Return inside the dream (neural world), with the same stacking.
-    obs, dream, done_eps, ep_ret = vec.reset(), [], 0, np.zeros(args.num_envs)
-    while done_eps < args.eval_episodes:
-        action, _ = model.predict(obs, deterministic=True)
-        obs, rew, done, _ = vec.step(action)
-        ep_ret += rew
-        for i in np.flatnonzero(done):
-            dream.append(ep_ret[i])
-            ep_ret[i] = 0
-            done_eps += 1
-    trained = real_return(lambda o: model.predict(o, deterministic=True)[0][0], args, args.eval_episodes)
     rng = np.random.default_rng(args.seed)
-    random = real_return(lambda o: rng.integers(2), args, args.eval_episodes)
-    frameskip = 2 if args.world == "cartpole" else 1
-    print(f"return in the neural world (frames):   {np.mean(dream):8.1f}")
-    print(f"return in the real game (env steps):   {trained:8.1f}   (random policy: {random:.1f})")
-    print(f"(one neural frame = {frameskip} real env steps)")
+    n_actions = int(vec.action_space.n)
+    results = {
+        "dream_trained": dream_return(vec, lambda o: model.predict(o, deterministic=True)[0], args.eval_episodes),
+        "dream_random": dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes),
+        "real_trained": real_return(
+            lambda o: int(model.predict(o, deterministic=True)[0][0]), args, args.eval_episodes
+        ),
+        "real_random": real_return(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes),
+    }
+    vec.close()
+    rows = (("neural world (dream)", "dream"), (f"real game ({args.world}, from pixels)", "real"))
+    print(f"{'mean return over ' + str(args.eval_episodes) + ' episodes':<36}{'trained PPO':>12}{'random':>10}")
+    for label, key in rows:
+        print(f"  {label:<34}{results[key + '_trained']:12.1f}{results[key + '_random']:10.1f}")
+    return results
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -10,58 +12,98 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 import worldsim  # noqa: F401  (registers the bundled worlds)
-from worldsim.gym import WorldEnv, WorldVectorEnv, make_env, to_sb3
+from worldsim.gym import WorldEnv, WorldVectorEnv, make_env, make_vec_env, to_sb3
 from worldsim.gym.registration import register_world
 from worldsim.spaces import ActionError
+
+
+def test_import_worldsim_registers_without_torch() -> None:
+    code = (
+        "import sys, worldsim, gymnasium as gym; "
+        "assert 'torch' not in sys.modules, 'import worldsim imported torch'; "
+        "assert 'worldsim/CartPole-v0' in gym.registry"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_gymnasium_check_env(tiny_world_path: Path) -> None:
     from gymnasium.utils.env_checker import check_env
 
-    env = WorldEnv(tiny_world_path, max_episode_steps=20)
-    check_env(env)
+    # check_env compares the infos of two identically seeded steps: wall-clock latency never matches.
+    # Made through gym.make so that check_env also builds it in every render mode (human: SDL dummy).
+    register_world("worldsim/TinyCheck-v0", tiny_world_path, max_episode_steps=20)
+    check_env(gym.make("worldsim/TinyCheck-v0").unwrapped, skip_render_check=False)
+    check_env(WorldEnv(tiny_world_path), skip_render_check=True)  # the default env passes too
+    with pytest.raises(AssertionError, match="info"):  # opting into wall-clock latency in info cannot
+        check_env(WorldEnv(tiny_world_path, latency_in_info=True), skip_render_check=True)
+    env = WorldEnv(tiny_world_path, max_episode_steps=20, render_mode="rgb_array", latency_in_info=True)
     assert isinstance(env.metadata["render_fps"], int)
     obs, info = env.reset(seed=1)
-    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and info["frame_index"] == 0
     obs2, r, term, trunc, info = env.step(1)
     assert type(r) is float and type(term) is bool and type(trunc) is bool
-    assert obs2 is not env.step(0)[0]  # fresh arrays
-    assert env.render() is None  # no render mode
+    assert info["frame_index"] == 1 and type(info["latency_ms"]) is float and info["latency_ms"] > 0
+    np.testing.assert_array_equal(env.render(), obs2)
+    obs3 = env.step(0)[0]
+    assert obs3 is not obs2 and not np.shares_memory(obs3, obs2)  # fresh arrays
+    assert WorldEnv(tiny_world_path).render() is None  # no render mode
     cf = WorldEnv(tiny_world_path, channels_first=True)
-    assert cf.reset(seed=0)[0].shape == (3, 64, 64)
+    assert cf.reset(seed=0)[0].shape == (3, 64, 64) and cf.observation_space.shape == (3, 64, 64)
+    np.testing.assert_array_equal(cf.reset(seed=1)[0].transpose(1, 2, 0), env.reset(seed=1)[0])
 
 
 def test_sb3_check_env(tiny_world_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
     from stable_baselines3.common.env_checker import check_env
 
-    check_env(WorldEnv(tiny_world_path, max_episode_steps=20), warn=False)
+    check_env(WorldEnv(tiny_world_path, max_episode_steps=20), warn=True)
+
+
+def test_seeded_reset_and_context_frames(tiny_world_path: Path) -> None:
+    env = WorldEnv(tiny_world_path)
+    a = [env.reset(seed=5)[0]] + [env.step(i % 2)[0] for i in range(3)]
+    b = [env.reset(seed=5)[0]] + [env.step(i % 2)[0] for i in range(3)]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    ctx = np.full((2, 64, 64, 3), 7, np.uint8)
+    obs, _ = env.reset(seed=0, options={"frames": ctx, "actions": [0, 1]})
+    np.testing.assert_array_equal(obs, ctx[-1])
+    venv = WorldVectorEnv(tiny_world_path, num_envs=3)
+    obs, info = venv.reset(seed=0)
+    per_row = np.stack([np.full((2, 64, 64, 3), v, np.uint8) for v in (10, 20, 30)])
+    obs2, info2 = venv.reset(options={"frames": per_row, "reset_mask": np.array([True, False, True])})
+    assert (obs2[0] == 10).all() and (obs2[2] == 30).all()
+    np.testing.assert_array_equal(obs2[1], obs[1])  # row 1 was not reset
+    assert info2["_frame_index"].tolist() == [True, False, True]
 
 
 def test_registration_and_make_vec(tiny_world_path: Path) -> None:
-    register_world("worldsim/TinyTest-v0", str(tiny_world_path), max_episode_steps=7)
+    register_world("worldsim/TinyTest-v0", tiny_world_path, max_episode_steps=7)
     env = gym.make("worldsim/TinyTest-v0")
+    assert env.spec is not None and env.spec.max_episode_steps == 7
     env.reset(seed=0)
-    for i in range(7):
-        *_, trunc, _ = env.step(i % 2)
-    assert trunc
+    truncs = [env.step(i % 2)[3] for i in range(7)]
+    assert truncs == [False] * 6 + [True]
     venv = gym.make_vec("worldsim/TinyTest-v0", num_envs=3, vectorization_mode="vector_entry_point")
-    assert isinstance(venv, WorldVectorEnv)
+    assert isinstance(venv, WorldVectorEnv) and venv.core.max_episode_steps == 7
     obs, _ = venv.reset(seed=0)
     assert obs.shape == (3, 64, 64, 3)
-    assert "worldsim/CartPole-v0" in gym.registry  # the bundled world is registered on import
+    spec = gym.registry["worldsim/CartPole-v0"]  # the bundled world is registered on import
+    assert spec.vector_entry_point is not None and spec.kwargs == {"world": "cartpole"}
     assert isinstance(make_env(tiny_world_path), WorldEnv)
+    assert make_vec_env(tiny_world_path, 2).num_envs == 2
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    register_world("worldsim/Missing-v0", str(tmp_path / "nope.safetensors"))
+    register_world("worldsim/Missing-v0", tmp_path / "nope.safetensors")  # registering reads nothing
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         gym.make("worldsim/Missing-v0")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        gym.make_vec("worldsim/Missing-v0", num_envs=2, vectorization_mode="vector_entry_point")
 
 
 def test_vector_matches_single_envs(tiny_world_path: Path) -> None:
-    """Seeds [s0..s2] in the vector env == single envs seeded s0..s2 (within 1 uint8 level:
-    batched and unbatched matmuls may round differently)."""
+    """Seeds [s0..s2] in the vector env == single envs seeded s0..s2: same start clip, same noise,
+    frames within 1 uint8 level (batched and unbatched matmuls may round differently)."""
     seeds, steps = [3, 11, 42], 6
     venv = WorldVectorEnv(tiny_world_path, num_envs=3)
     vobs = [venv.reset(seed=seeds)[0]]
@@ -76,66 +118,129 @@ def test_vector_matches_single_envs(tiny_world_path: Path) -> None:
         sobs = [env.reset(seed=s)[0]]
         srew = []
         for a in actions:
-            o, r, *_ = env.step(int(a[k]))
-            sobs.append(o)
-            srew.append(r)
+            so, sr, *_ = env.step(int(a[k]))
+            sobs.append(so)
+            srew.append(sr)
         diff = np.abs(np.stack(sobs).astype(int) - np.stack(vobs)[:, k].astype(int))
         assert diff.max() <= 1
         np.testing.assert_allclose(srew, np.stack(vrew)[:, k], atol=1e-4)
+    # seed=int means rows seed + i, as in gymnasium's vector envs
+    np.testing.assert_array_equal(venv.reset(seed=3)[0][0], WorldEnv(tiny_world_path).reset(seed=3)[0])
+    np.testing.assert_array_equal(venv.reset(seed=3)[0][1], WorldEnv(tiny_world_path).reset(seed=4)[0])
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
 def test_autoreset_modes(tiny_world_path: Path, mode: AutoresetMode) -> None:
+    """Episodes end by truncation at step 3 (row 1) and 5 (row 0, reset later)."""
     venv = WorldVectorEnv(tiny_world_path, num_envs=2, max_episode_steps=3, autoreset_mode=mode)
+    assert venv.metadata["autoreset_mode"] == mode
     venv.reset(seed=0)
     acts = np.array([0, 1])
     for _ in range(2):
         _, _, term, trunc, info = venv.step(acts)
-        assert not trunc.any()
-    obs, rew, term, trunc, info = venv.step(acts)  # step 3: truncation for both rows
-    assert trunc.all() or (term | trunc).all()
+        assert not (term | trunc).any()
+    obs, rew, term, trunc, info = venv.step(acts)  # step 3: both rows truncated
+    assert trunc.all() and not term.any()
     if mode == AutoresetMode.SAME_STEP:
         assert info["_final_obs"].all() and info["final_obs"][0].shape == (64, 64, 3)
-        assert (info["frame_index"] == 0).all()  # already the new episode's first frame
+        assert info["final_info"]["frame_index"].tolist() == [3, 3] and info["_final_info"].all()
+        assert not np.array_equal(info["final_obs"][1], obs[1])  # obs is already the new episode's
+        assert (info["frame_index"] == 0).all()
         obs, rew, term, trunc, info = venv.step(acts)
-        assert not (term | trunc).any() and (info["frame_index"] == 1).all()
+        assert not (term | trunc).any() and "final_obs" not in info and (info["frame_index"] == 1).all()
     else:
-        assert "final_obs" not in info
-        obs, rew, term, trunc, info = venv.step(acts)  # the reset step
+        assert "final_obs" not in info and (info["frame_index"] == 3).all()
+        obs, rew, term, trunc, info = venv.step(acts)  # the reset step: actions ignored
         assert (rew == 0).all() and not (term | trunc).any() and (info["frame_index"] == 0).all()
         obs, rew, term, trunc, info = venv.step(acts)
         assert (info["frame_index"] == 1).all()
 
 
+def test_autoreset_replays_a_seeded_single_env(tiny_world_path: Path) -> None:
+    """After an autoreset a row continues like a single env after its second reset() (same np_random)."""
+    venv = WorldVectorEnv(tiny_world_path, num_envs=1, max_episode_steps=2, autoreset_mode="SameStep")
+    venv.reset(seed=9)
+    venv.step([1])
+    obs, *_ = venv.step([1])  # truncated: autoreset in the same step
+    env = WorldEnv(tiny_world_path, max_episode_steps=2)
+    env.reset(seed=9)
+    env.step(1)
+    env.step(1)
+    np.testing.assert_array_equal(obs[0], env.reset()[0])
+
+
 def test_bad_actions(tiny_world_path: Path) -> None:
     env = WorldEnv(tiny_world_path)
     env.reset(seed=0)
-    for bad, match in ((5, r"\[0, 1\]"), (float("nan"), "NaN"), ([0, 1], "expected one action")):
+    bad_cases = (
+        (5, r"\[0, 1\]"),
+        (-1, r"\[0, 1\]"),
+        (float("nan"), "NaN"),
+        (0.5, "integers"),
+        ([0, 1], "expected one action"),
+        ("left", "numeric"),
+    )
+    for bad, match in bad_cases:
         with pytest.raises(ActionError, match=match):
             env.step(bad)
-    env.step(1)  # still usable
+    assert isinstance(ActionError("x"), ValueError)
+    _, _, _, _, info = env.step(np.int64(1))  # still usable; numpy scalars are fine
+    assert info["frame_index"] == 1  # failed steps did not count
     venv = WorldVectorEnv(tiny_world_path, num_envs=2)
+    with pytest.raises(RuntimeError, match="reset"):
+        venv.step(np.array([0, 1]))
     venv.reset(seed=0)
     with pytest.raises(ActionError, match="expected 2 actions"):
         venv.step(np.array([0, 1, 1]))
+    with pytest.raises(ActionError, match="NaN"):
+        venv.step(np.array([0.0, np.nan]))
+    assert venv.step(np.array([0, 1]))[4]["frame_index"].tolist() == [1, 1]
+
+
+def test_human_render_headless(tiny_world_path: Path) -> None:
+    pytest.importorskip("pygame")  # conftest sets SDL_VIDEODRIVER=dummy
+    env = WorldEnv(tiny_world_path, render_mode="human")
+    env.metadata["render_fps"] = 1000
+    env.reset(seed=0)
+    assert env.step(0)[0].shape == (64, 64, 3) and env.render() is None
+    env.close()
 
 
 def test_sb3_ppo_through_adapter(tiny_world_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO
 
-    vec = to_sb3(WorldVectorEnv(tiny_world_path, num_envs=2, max_episode_steps=8))
-    model = PPO(
-        "CnnPolicy",
-        vec,
-        n_steps=16,
-        batch_size=16,
-        n_epochs=1,
-        verbose=0,
-        seed=0,
-        policy_kwargs={"normalize_images": True},
-    )
-    model.learn(total_timesteps=32)
+    venv = WorldVectorEnv(tiny_world_path, num_envs=2, max_episode_steps=5)
+    vec = to_sb3(venv)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    vec.seed(0)
     obs = vec.reset()
-    action, _ = model.predict(obs)
+    assert obs.shape == (2, 64, 64, 3) and obs.dtype == np.uint8
+    for _ in range(5):
+        obs, rew, done, infos = vec.step(np.array([0, 1]))
+    assert rew.dtype == np.float32 and done.all()
+    assert infos[0]["TimeLimit.truncated"] and infos[0]["terminal_observation"].shape == (64, 64, 3)
+    assert infos[0]["frame_index"] == 5 and vec.reset_infos[0]["frame_index"] == 0
+    model = PPO("CnnPolicy", vec, n_steps=16, batch_size=16, n_epochs=1, verbose=0, seed=0)
+    model.learn(total_timesteps=32)  # SB3 adds VecTransposeImage for channel-last images
+    action, _ = model.predict(vec.reset())
     assert action.shape == (2,)
+
+
+def test_dream_to_real_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/dream_to_real.py end to end on a tiny world (PPO in the dream, scored in CartPole-v1)."""
+    pytest.importorskip("stable_baselines3")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "dream_to_real.py"
+    spec = importlib.util.spec_from_file_location("dream_to_real", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "dream_to_real", mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    args = mod.Args(
+        world_path=str(tiny_world_path), total_timesteps=16, num_envs=2, max_episode_steps=5, eval_episodes=2
+    )
+    res = mod.main(args)
+    assert set(res) == {"dream_trained", "dream_random", "real_trained", "real_random"}
+    assert all(np.isfinite(v) for v in res.values()) and res["real_random"] > 0

@@ -1,29 +1,69 @@
 """The Gymnasium surface: ``WorldEnv``, ``WorldVectorEnv``, registration, an SB3 adapter.
 
-import gymnasium as gym, worldsim
-env = gym.make("worldsim/CartPole-v0")
-envs = gym.make_vec("worldsim/CartPole-v0", num_envs=16, vectorization_mode="vector_entry_point")
-env = worldsim.make_env("my_world.safetensors")
+    import gymnasium as gym, worldsim                 # importing worldsim registers the bundled worlds
+    env = gym.make("worldsim/CartPole-v0")
+    envs = gym.make_vec("worldsim/CartPole-v0", num_envs=16, vectorization_mode="vector_entry_point")
+    env = worldsim.gym.make_env("my_world.safetensors")        # your own checkpoint
+    sb3_env = worldsim.gym.to_sb3(worldsim.gym.make_vec_env("my_world.safetensors", 16))
+
+Attributes are imported lazily, so that ``import worldsim`` (which registers the envs through
+:mod:`worldsim.gym.registration`) never imports torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worldsim.gym.env import WorldEnv
-from worldsim.gym.sb3 import to_sb3
-from worldsim.gym.vector import WorldVectorEnv, vector_env_steps_per_second
+if TYPE_CHECKING:
+    from worldsim.gym.env import WorldEnv
+    from worldsim.gym.sb3 import to_sb3
+    from worldsim.gym.vector import WorldVectorEnv, vector_env_steps_per_second
+
+__all__ = [
+    "WorldEnv",
+    "WorldVectorEnv",
+    "make_env",
+    "make_vec_env",
+    "register_world",
+    "to_sb3",
+    "vector_env_steps_per_second",
+]
 
 
 def make_env(world: str | Path | Any, **kwargs: Any) -> WorldEnv:
-    """A :class:`WorldEnv` for a bundled world name, a checkpoint path or a loaded WorldModel."""
+    """A :class:`WorldEnv` for a checkpoint path, a bundled world's name or a loaded WorldModel.
+
+    ``kwargs``: ``render_mode``, ``max_episode_steps``, ``channels_first``, ``latency_in_info``,
+    ``device``, ``dtype``.
+    """
+    from worldsim.gym.env import WorldEnv
+
     return WorldEnv(world, **kwargs)
 
 
 def make_vec_env(world: str | Path | Any, num_envs: int, **kwargs: Any) -> WorldVectorEnv:
-    """A :class:`WorldVectorEnv` of ``num_envs`` rows."""
+    """A :class:`WorldVectorEnv` of ``num_envs`` rows (``autoreset_mode`` and the WorldEnv kwargs)."""
+    from worldsim.gym.vector import WorldVectorEnv
+
     return WorldVectorEnv(world, num_envs=num_envs, **kwargs)
 
 
-__all__ = ["WorldEnv", "WorldVectorEnv", "make_env", "make_vec_env", "to_sb3", "vector_env_steps_per_second"]
+def __getattr__(name: str) -> Any:
+    if name == "WorldEnv":
+        from worldsim.gym.env import WorldEnv
+
+        return WorldEnv
+    if name in ("WorldVectorEnv", "vector_env_steps_per_second"):
+        from worldsim.gym import vector
+
+        return getattr(vector, name)
+    if name == "to_sb3":
+        from worldsim.gym.sb3 import to_sb3
+
+        return to_sb3
+    if name == "register_world":
+        from worldsim.gym.registration import register_world
+
+        return register_world
+    raise AttributeError(f"module 'worldsim.gym' has no attribute {name!r}")

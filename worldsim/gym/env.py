@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import numpy as np
 
 from worldsim.engine.world import WorldModel
 from worldsim.gym.core import StepCore, load_world
-from worldsim.spaces import ActionError
 
 
 class WorldEnv(gym.Env):
@@ -30,21 +30,32 @@ class WorldEnv(gym.Env):
     ``channels_first=True``.
 
     ## Rewards
-    The reward head's prediction for entering the new frame, as a Python ``float``.
+    The reward head's prediction for entering the new frame, as a Python ``float``: the real
+    game's reward summed over the frames the world skips (CartPole: about +2 a frame).
 
     ## Starting State
     ``reset`` feeds the world ``context_frames`` real frames: one of the start clips shipped in
-    the checkpoint, drawn with ``self.np_random``, or ``options["frames"]`` (``(K, 64, 64, 3)``
-    uint8, with optional ``options["actions"]``).
+    the checkpoint, or ``options["frames"]`` (``(K, 64, 64, 3)`` uint8, with optional
+    ``options["actions"]``, one per frame). The clip and the diffusion noise of the whole episode
+    come from an engine seed drawn from ``self.np_random``, so ``reset(seed=s)`` replays exactly.
+    The first observation is the last context frame.
 
     ## Episode End
-    ``terminated`` when the termination head's probability passes the world's threshold;
-    ``truncated`` after ``max_episode_steps`` steps.
+    ``terminated`` when the termination head's probability passes the world's threshold
+    (CartPole: the pole fell or the cart left the screen). ``truncated`` once
+    ``max_episode_steps`` steps were taken, as Gymnasium's ``TimeLimit`` does (``gym.make``
+    of a bundled world adds that wrapper with the world's limit instead).
 
     ## Arguments
     ``WorldEnv(world="cartpole", render_mode=None, max_episode_steps=None, channels_first=False,
-    device=None, dtype=None)``: ``world`` is a bundled world's name, a checkpoint path or a loaded
-    :class:`~worldsim.engine.WorldModel` (shared, not copied).
+    latency_in_info=False, device=None, dtype=None)``: ``world`` is a bundled world's name, a
+    checkpoint path or a loaded :class:`~worldsim.engine.WorldModel` (shared, not copied).
+
+    ## Info
+    ``frame_index``: frames generated since the reset. The wall time of each step is in
+    ``env.unwrapped.last_latency_ms``; ``latency_in_info=True`` also puts it in info as
+    ``latency_ms`` (off by default: Gymnasium's ``check_env`` asserts that two identically seeded
+    steps return *equal* infos, which wall-clock time never is).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
@@ -55,13 +66,21 @@ class WorldEnv(gym.Env):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         channels_first: bool = False,
+        latency_in_info: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         model = load_world(world, device, dtype)
-        self.core = StepCore(model, 1, max_episode_steps, channels_first)
+        self.core = StepCore(
+            model,
+            1,
+            max_episode_steps=max_episode_steps,
+            channels_first=channels_first,
+            autoreset_mode=None,
+            latency_in_info=latency_in_info,
+        )
         self.metadata = {**self.metadata, "render_fps": int(model.config.fps)}
         self.render_mode = render_mode
         self.action_space = model.action_spec.to_space()
@@ -73,35 +92,40 @@ class WorldEnv(gym.Env):
     def world(self) -> WorldModel:
         return self.core.world
 
+    @property
+    def last_latency_ms(self) -> float:
+        """Wall time of the last step (or reset), in milliseconds."""
+        return self.core.last_latency_ms
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        """New episode. ``options``: ``{"frames": (K, 64, 64, 3) uint8, "actions": (K, ...)}`` to
+        start from given context frames instead of one of the world's start clips."""
         super().reset(seed=seed)
-        self.core.np_randoms[0] = self.np_random
-        options = dict(options or {})
-        if options.get("frames") is not None:
-            options["frames"] = np.asarray(options["frames"])[None]
-            if options.get("actions") is not None:
-                options["actions"] = np.asarray(options["actions"])[None]
-        obs, info = self.core.reset_rows([0], options)
+        t0 = time.perf_counter()
+        self.core.np_randoms[0] = self.np_random  # the engine seed is drawn from self.np_random
+        options = options or {}
+        frames = options.get("frames")
+        obs = self.core.reset_rows(
+            [0],
+            frames=None if frames is None else np.asarray(frames),
+            actions=options.get("actions"),
+        )
+        self.core.last_latency_ms = (time.perf_counter() - t0) * 1e3
         if self.render_mode == "human":
             self.render()
-        return obs[0], {k: v[0] for k, v in info.items()}
+        return obs[0], self.core.row_info(self.core.info(self.core.last_latency_ms), 0)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        a = np.asarray(action)
-        spec = self.world.action_spec
-        if a.shape != spec.per_action_shape and not (spec.kind == "discrete" and a.shape == (1,)):
-            raise ActionError(
-                f"expected one action of shape {spec.per_action_shape} for {self.action_space}, got shape {a.shape}"
-            )
-        batch = a.reshape(1, *spec.per_action_shape)
-        obs, rew, term, trunc, info = self.core.step(batch)
+        obs, rew, term, trunc, info = self.core.step(self.core.validate_one(action))
         if self.render_mode == "human":
             self.render()
-        return obs[0], float(rew[0]), bool(term[0]), bool(trunc[0]), {k: v[0].item() for k, v in info.items()}
+        return obs[0], float(rew[0]), bool(term[0]), bool(trunc[0]), self.core.row_info(info, 0)
 
     def render(self) -> np.ndarray | None:
+        """``rgb_array``: the current frame (64, 64, 3) uint8 (always channel-last); ``human``: a
+        pygame window (6x zoom) paced at ``metadata["render_fps"]``."""
         frame = self.core.session.frames[0].copy()
         if self.render_mode == "rgb_array":
             return frame
@@ -112,11 +136,14 @@ class WorldEnv(gym.Env):
     def _render_human(self, frame: np.ndarray, zoom: int = 6) -> None:
         try:
             import pygame
-        except ImportError as e:  # pragma: no cover - pygame is a dependency
-            raise gym.error.DependencyNotInstalled("pygame is not installed: pip install pygame") from e
+        except ImportError as e:
+            raise gym.error.DependencyNotInstalled(
+                "render_mode='human' needs pygame, which is not installed: pip install pygame"
+            ) from e
         if self._window is None:
             pygame.init()
             pygame.display.init()
+            pygame.display.set_caption(f"worldsim: {self.world.config.name}")
             self._window = pygame.display.set_mode((frame.shape[1] * zoom, frame.shape[0] * zoom))
             self._clock = pygame.time.Clock()
         surf = pygame.surfarray.make_surface(frame.swapaxes(0, 1))

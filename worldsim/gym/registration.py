@@ -1,50 +1,66 @@
 """Register the bundled worlds with Gymnasium on ``import worldsim``.
 
 Gymnasium 1.x has no plugin entry points, so ``import worldsim`` calls :func:`register_envs`.
-Registration is cheap: no torch import, no checkpoint read; a missing checkpoint is reported
-when the env is made.
+Registration is cheap: no torch import, no checkpoint read (entry points are strings, the world
+is named, not loaded); a missing checkpoint is reported when the env is made.
+
+Each bundled world's ``gym_id`` (``worldsim/CartPole-v0``) gets the single env as
+``entry_point``, :class:`~worldsim.gym.WorldVectorEnv` as ``vector_entry_point`` and the
+world's ``max_episode_steps`` (so ``gym.make`` adds Gymnasium's ``TimeLimit`` and
+``gym.make(id, max_episode_steps=N)`` overrides it; the vector env counts steps itself).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+ENTRY_POINT = "worldsim.gym.registration:make_single"
+VECTOR_ENTRY_POINT = "worldsim.gym.registration:make_vector"
+
 
 def make_single(world: str, **kwargs: Any) -> Any:
+    """Entry point: a :class:`~worldsim.gym.WorldEnv`; the checkpoint is resolved here, at make time."""
     from worldsim.gym.env import WorldEnv
 
     return WorldEnv(world, **kwargs)
 
 
 def make_vector(world: str, num_envs: int = 1, **kwargs: Any) -> Any:
+    """Vector entry point: a :class:`~worldsim.gym.WorldVectorEnv` of ``num_envs`` rows."""
     from worldsim.gym.vector import WorldVectorEnv
 
-    if kwargs.get("max_episode_steps") is None:
-        kwargs.pop("max_episode_steps", None)
     return WorldVectorEnv(world, num_envs=num_envs, **kwargs)
 
 
-def register_world(env_id: str, world: str, max_episode_steps: int | None = None) -> None:
-    """Register ``env_id`` for a bundled world name or a checkpoint path."""
+def register_world(env_id: str, world: str | Path, max_episode_steps: int | None = None, **kwargs: Any) -> None:
+    """Register ``env_id`` for a bundled world's name or a checkpoint path (not opened until made).
+
+    ``kwargs`` become default constructor arguments (``channels_first``, ``device``, ...).
+    Registering an id again with different arguments replaces it.
+    """
     import gymnasium as gym
 
-    if env_id in gym.registry:
-        return
+    env_kwargs = {"world": str(world), **kwargs}
+    old = gym.registry.get(env_id)
+    if old is not None:
+        if old.kwargs == env_kwargs and old.max_episode_steps == max_episode_steps:
+            return
+        del gym.registry[env_id]  # re-registration (e.g. a world pointed at a new checkpoint)
     gym.register(
         id=env_id,
-        entry_point="worldsim.gym.registration:make_single",
-        vector_entry_point="worldsim.gym.registration:make_vector",
-        kwargs={"world": world, "max_episode_steps": max_episode_steps},
-        # The env truncates itself (its core counts steps), so no TimeLimit wrapper on top.
-        max_episode_steps=None,
-        disable_env_checker=False,
+        entry_point=ENTRY_POINT,
+        vector_entry_point=VECTOR_ENTRY_POINT,
+        kwargs=env_kwargs,
+        max_episode_steps=max_episode_steps,
     )
 
 
 def register_envs() -> None:
+    """Register every bundled world that has a ``gym_id``; never raises (``import worldsim`` must work)."""
     try:
         from worldsim.worlds import get_world, list_worlds
 
@@ -52,5 +68,5 @@ def register_envs() -> None:
             w = get_world(name)
             if w.gym_id:
                 register_world(w.gym_id, name, w.max_episode_steps)
-    except Exception as e:  # never break `import worldsim`
+    except Exception as e:  # a broken world definition must not break `import worldsim`
         log.warning("could not register the bundled worlds with gymnasium: %s", e)

@@ -10,6 +10,7 @@ the other rows keep their history.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,20 @@ from worldsim.gym.core import StepCore, load_world
 
 
 class WorldVectorEnv(VectorEnv):
-    """A batch of ``num_envs`` episodes of one world; see :class:`worldsim.gym.WorldEnv` for
-    the spaces, rewards and episode ends of each."""
+    """``num_envs`` episodes of one world, stepped by ONE batched engine call per step.
+
+    See :class:`worldsim.gym.WorldEnv` for each row's spaces, rewards, starting state and
+    episode ends; row ``i`` reset with seed ``s`` replays exactly what ``WorldEnv`` reset with
+    seed ``s`` does (same start clip, same noise; frames equal up to the rounding of batched
+    matmuls). ``reset(seed=int)`` seeds rows ``seed + i``, a list seeds row by row.
+
+    ``reset(options=...)``: ``"reset_mask"`` (bool (num_envs,)) resets only those rows;
+    ``"frames"``: context frames ``(K, 64, 64, 3)`` for every row or ``(num_envs, K, 64, 64, 3)``
+    (with ``"actions"`` likewise) instead of the world's start clips.
+
+    Infos use Gymnasium's vector layout: ``info["frame_index"]`` (num_envs,) with the mask
+    ``info["_frame_index"]``; ``latency_ms`` is the wall time of the whole batched step.
+    """
 
     metadata: dict[str, Any] = {
         "render_modes": ["rgb_array"],
@@ -40,14 +53,24 @@ class WorldVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         channels_first: bool = False,
+        latency_in_info: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         mode = AutoresetMode(autoreset_mode)
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {mode}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         model = load_world(world, device, dtype)
-        self.core = StepCore(model, num_envs, max_episode_steps, channels_first)
+        self.core = StepCore(
+            model,
+            num_envs,
+            max_episode_steps=max_episode_steps,
+            channels_first=channels_first,
+            autoreset_mode=mode,
+            latency_in_info=latency_in_info,
+        )
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": int(model.config.fps), "autoreset_mode": mode}
@@ -55,73 +78,85 @@ class WorldVectorEnv(VectorEnv):
         self.single_observation_space = gym.spaces.Box(0, 255, self.core.obs_shape, np.uint8)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self._autoreset = np.zeros(num_envs, dtype=bool)
-        self._obs = np.zeros((num_envs, *self.core.obs_shape), np.uint8)
 
     @property
     def world(self) -> WorldModel:
         return self.core.world
 
+    @property
+    def last_latency_ms(self) -> float:
+        """Wall time of the last batched step, in milliseconds."""
+        return self.core.last_latency_ms
+
+    def set_autoreset_mode(self, mode: AutoresetMode | str) -> None:
+        """Switch between NEXT_STEP and SAME_STEP (takes effect for episodes ending from now on)."""
+        mode = AutoresetMode(mode)
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {mode}")
+        self.metadata["autoreset_mode"] = mode
+        self.core.autoreset_mode = mode
+        if mode == AutoresetMode.SAME_STEP and self.core.needs_reset.any():
+            self.core.reset_rows(np.flatnonzero(self.core.needs_reset))
+
     def reset(
-        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        rows = list(range(self.num_envs))
+        n = self.num_envs
         if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
+            seeds: list[int | None] = [None] * n
         elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in rows]
+            seeds = [int(seed) + i for i in range(n)]
         else:
             seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
-        if seed is not None:
-            self.core.seed_rows(rows, seeds)
-        if options and "reset_mask" in options:
-            rows = [i for i in rows if options["reset_mask"][i]]
-        obs, info = self.core.reset_rows(rows, options)
-        self._obs[rows] = obs
-        self._autoreset[rows] = False
-        return self._obs.copy(), {"frame_index": self.core.elapsed.copy()}
+            if len(seeds) != n:
+                raise ValueError(f"got {len(seeds)} seeds for num_envs={n}")
+        options = dict(options or {})
+        mask = np.ones(n, dtype=bool)
+        if options.get("reset_mask") is not None:
+            mask = np.asarray(options.pop("reset_mask"))
+            if mask.shape != (n,) or mask.dtype != np.bool_ or not mask.any():
+                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({n},) with a True value")
+        rows = np.flatnonzero(mask).tolist()
+        self.core.seed_rows(rows, [seeds[r] for r in rows])
+        frames, actions = options.get("frames"), options.get("actions")
+        if frames is not None:
+            frames = np.asarray(frames)
+            if frames.ndim == 5:  # one clip per env: keep the reset rows'
+                if frames.shape[0] != n:
+                    raise ValueError(f"options['frames'] must be (K, H, W, 3) or ({n}, K, H, W, 3), got {frames.shape}")
+                frames = frames[rows]
+                if actions is not None:
+                    actions = np.asarray(actions)[rows]
+        t0 = time.perf_counter()
+        obs_rows = self.core.reset_rows(rows, frames=frames, actions=actions)
+        self.core.last_latency_ms = (time.perf_counter() - t0) * 1e3
+        obs = self.core.obs(self.core.session.frames)
+        obs[rows] = obs_rows
+        info = self.core.vector_info(self.core.info(self.core.last_latency_ms), mask)
+        return obs, info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        mode = self.metadata["autoreset_mode"]
-        acts = np.asarray(actions)
-        restart = np.flatnonzero(self._autoreset) if mode == AutoresetMode.NEXT_STEP else np.array([], int)
-        if len(restart):  # those rows' actions are ignored (as gymnasium's SyncVectorEnv does)
-            acts = acts.copy()
-            acts[restart] = self.world.action_spec.null(len(restart))
-        obs, rew, term, trunc, info = self.core.step(acts)
-        if len(restart):
-            robs, _ = self.core.reset_rows(restart.tolist())
-            obs[restart], rew[restart], term[restart], trunc[restart] = robs, 0.0, False, False
-            info["frame_index"][restart] = 0
-        done = term | trunc
-        if mode == AutoresetMode.SAME_STEP and done.any():
-            rows = np.flatnonzero(done)
-            final_obs = np.empty(self.num_envs, dtype=object)
-            final_info = np.empty(self.num_envs, dtype=object)
-            for r in rows:
-                final_obs[r] = obs[r].copy()
-                final_info[r] = {k: v[r] for k, v in info.items()}
-            info["final_obs"], info["_final_obs"] = final_obs, done.copy()
-            info["final_info"], info["_final_info"] = final_info, done.copy()
-            robs, _ = self.core.reset_rows(rows.tolist())
-            obs[rows] = robs
-            info["frame_index"][rows] = 0
-        self._autoreset = done if mode == AutoresetMode.NEXT_STEP else np.zeros(self.num_envs, dtype=bool)
-        self._obs = obs
-        return obs.copy(), rew, term, trunc, info
+        obs, rew, term, trunc, info = self.core.step(self.core.validate(actions))
+        final_obs, final_info = info.pop("final_obs", None), info.pop("final_info", None)
+        out = self.core.vector_info(info, np.ones(self.num_envs, dtype=bool))
+        if final_obs is not None:  # SAME_STEP: rows that ended this step (Gymnasium's layout)
+            ended = term | trunc
+            out["final_obs"], out["_final_obs"] = final_obs, ended.copy()
+            out["final_info"], out["_final_info"] = self.core.vector_info(final_info, ended), ended.copy()
+        return obs, rew, term, trunc, out
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
+    def render(self) -> tuple[np.ndarray, ...] | None:  # type: ignore[override]
+        """``rgb_array``: one (64, 64, 3) uint8 frame per row, as Gymnasium's SyncVectorEnv returns."""
         if self.render_mode == "rgb_array":
-            return self.core.session.frames.copy()
+            return tuple(self.core.session.frames.copy())
         return None
 
 
 def vector_env_steps_per_second(
     world: str | Path | WorldModel, num_envs: int, steps: int = 50, warmup: int = 5
 ) -> float:
-    """VectorEnv steps/s (env steps, i.e. num_envs per call) with random actions; for ``worldsim bench``."""
+    """Env steps per second of a :class:`WorldVectorEnv` (``num_envs`` per batched call) with random
+    actions, autoreset included; what ``worldsim bench --vector`` reports at N = 1, 16, 64."""
     env = WorldVectorEnv(world, num_envs=num_envs)
     env.reset(seed=0)
     env.action_space.seed(0)
@@ -130,4 +165,6 @@ def vector_env_steps_per_second(
     t = time.perf_counter()
     for _ in range(steps):
         env.step(env.action_space.sample())
-    return steps * num_envs / (time.perf_counter() - t)
+    elapsed = time.perf_counter() - t
+    env.close()
+    return steps * num_envs / elapsed
