@@ -1,25 +1,25 @@
 """Recording real games and reading the recordings back.
 
-- :func:`record` / ``worldsim record``: run a Gymnasium env, store 64x64 frames, actions,
-  rewards and episode ends in shards with a manifest (resumable, reproducible).
+- ``worldsim record`` / :func:`worldsim.data.record.record`: run a Gymnasium env, store 64x64
+  frames, actions, rewards and episode ends in shards with a manifest (resumable, reproducible).
 - :func:`load_episodes`, :func:`read_manifest`, :func:`action_spec`: read a data set.
-- :class:`ClipDataset`: fixed-length clips inside episodes, for a PyTorch DataLoader.
-- :func:`preprocess`: the frame crop + area resize used everywhere a real frame is shown to a model.
+- :class:`ClipDataset`: fixed-length clips inside episodes, for a PyTorch ``DataLoader``.
+- :func:`preprocess`: the crop + 64x64 area resize applied to every real frame a model sees.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from worldsim.data.episodes import Episode, action_spec, load_episodes, read_manifest
 from worldsim.data.frames import preprocess
 
-__all__ = ["Episode", "action_spec", "load_episodes", "read_manifest", "preprocess", "ClipDataset", "record"]
+__all__ = ["Episode", "ClipDataset", "action_spec", "load_episodes", "read_manifest", "preprocess"]
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
+def __getattr__(name: str) -> Any:  # lazy: recording does not need torch
     if name == "ClipDataset":
         from worldsim.data.dataset import ClipDataset
 
         return ClipDataset
-    if name == "record":
-        from worldsim.data.record import record
-
-        return record
-    raise AttributeError(name)
+    raise AttributeError(f"module 'worldsim.data' has no attribute {name!r}")

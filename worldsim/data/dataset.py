@@ -1,10 +1,20 @@
-"""``ClipDataset``: fixed-length clips inside recorded episodes, for a PyTorch DataLoader.
+"""``ClipDataset``: fixed-length clips inside recorded episodes, for a PyTorch ``DataLoader``.
 
-Each item holds T consecutive frames of ONE episode (never crossing an episode end), aligned
-per frame: ``actions[j]`` is the action that PRODUCED ``frames[j]`` (the null action for an
-episode's first frame, where ``has_action`` is False), ``rewards[j]`` / ``terminated[j]`` come
-with entering ``frames[j]``. Episodes are held as numpy arrays (no open files), so the dataset
-pickles into DataLoader workers.
+Each item holds ``clip_len`` consecutive frames of ONE episode (a clip never crosses an episode
+end), aligned per frame:
+
+==============  =====================  ==========================================================
+key             shape, dtype           meaning
+==============  =====================  ==========================================================
+``frames``      (T, 64, 64, 3) uint8   the frames
+``actions``     (T, *action shape)     ``actions[j]`` PRODUCED ``frames[j]`` (null action for an
+                                       episode's first frame)
+``has_action``  (T,) bool              False exactly for an episode's first frame
+``rewards``     (T,) float32           reward received on entering ``frames[j]`` (0 for the first)
+``terminated``  (T,) bool              ``frames[j]`` is a terminal frame
+==============  =====================  ==========================================================
+
+Episodes are held as numpy arrays (no open files), so the dataset pickles into worker processes.
 """
 
 from __future__ import annotations
@@ -16,38 +26,58 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from worldsim.data.episodes import action_spec, load_episodes
+from worldsim.data.episodes import Episode, action_spec, load_episodes
+from worldsim.spaces import ActionSpec
 
 
 class ClipDataset(Dataset):
+    """Clips of ``clip_len`` frames starting every ``stride`` frames in each episode of ``split``.
+
+    ``dirs`` is one data set folder or several recorded with the same action space.
+    """
+
     def __init__(
-        self, dirs: str | Path | Sequence[str | Path], clip_len: int, stride: int = 1, split: str | None = "train"
+        self,
+        dirs: str | Path | Sequence[str | Path],
+        clip_len: int,
+        stride: int = 1,
+        split: str | None = "train",
     ) -> None:
         if clip_len < 1 or stride < 1:
-            raise ValueError("clip_len and stride must be >= 1")
-        first = dirs if isinstance(dirs, (str, Path)) else dirs[0]
-        self.spec = action_spec(first)
+            raise ValueError(f"clip_len and stride must be >= 1, got {clip_len} and {stride}")
+        roots = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+        if not roots:
+            raise ValueError("no data set folders given")
+        specs = {action_spec(r) for r in roots}
+        if len(specs) > 1:
+            raise ValueError(f"data sets {', '.join(map(str, roots))} were recorded with different action spaces")
+        self.spec: ActionSpec = specs.pop()
         self.clip_len = clip_len
-        self.episodes = load_episodes(dirs, split=split)
-        self.index = [(e, s) for e, ep in enumerate(self.episodes) for s in range(0, len(ep) + 2 - clip_len, stride)]
+        self.episodes: list[Episode] = load_episodes(roots, split=split)
+        starts = [
+            np.stack([np.full(n, e), np.arange(n) * stride], axis=1)
+            for e, ep in enumerate(self.episodes)
+            if (n := (len(ep) + 1 - clip_len) // stride + 1) > 0
+        ]
+        self.index: np.ndarray = np.concatenate(starts) if starts else np.zeros((0, 2), np.int64)
+        """(N, 2): episode number and first frame of each clip."""
+        self._null = self.spec.null(1)[0]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        e, s = self.index[i]
+        e, s = (int(v) for v in self.index[i])
         ep, T = self.episodes[e], self.clip_len
-        j = np.arange(s, s + T)  # frame indices in the episode
-        prev = np.clip(j - 1, 0, None)  # the step that produced frame j
-        has = j > 0
-        actions = ep.actions[prev].copy()
-        actions[~has] = self.spec.null(1)[0]
-        rewards = np.where(has, ep.rewards[prev], 0.0).astype(np.float32)
-        term = np.where(has, ep.terminated[prev], False)
+        produced_by = np.arange(s - 1, s + T - 1)  # step index that produced each frame (-1: the reset)
+        has = produced_by >= 0
+        step = np.maximum(produced_by, 0)
+        actions = ep.actions[step].copy()
+        actions[~has] = self._null
         return {
             "frames": torch.from_numpy(np.ascontiguousarray(ep.frames[s : s + T])),
             "actions": torch.from_numpy(actions),
             "has_action": torch.from_numpy(has),
-            "rewards": torch.from_numpy(rewards),
-            "terminated": torch.from_numpy(term.astype(bool)),
+            "rewards": torch.from_numpy(np.where(has, ep.rewards[step], 0.0).astype(np.float32)),
+            "terminated": torch.from_numpy(np.where(has, ep.terminated[step], False).astype(bool)),
         }

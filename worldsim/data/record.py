@@ -1,132 +1,199 @@
 """``worldsim record <world or env id> --out DIR``: record a real Gymnasium game.
 
 Any env that renders ``rgb_array`` works (Atari ``ALE/...`` ids through ale-py). Frames are
-cropped (bundled worlds define a crop) and area-resampled to 64x64. Episode ``i`` is reset with
-seed ``seed + i`` and its policy is chosen by the recipe's shares with the same seed, so a
-recording is reproducible and a resumed one continues exactly where it stopped.
+cropped (bundled worlds define a crop) and area-resampled to 64x64 by
+:func:`worldsim.data.frames.preprocess`. Episode ``i`` is reset with seed ``seed + i`` and gets
+its own random generator seeded the same way, which picks its policy by the recipe's shares and
+drives the policy; a recording is therefore reproducible, and a resumed one continues exactly
+where the interrupted one stopped (episodes already in finished shards are skipped).
+
+Python use::
+
+    from worldsim.data.record import RecordConfig, record
+    manifest = record(RecordConfig(env_id="CartPole-v1", out=Path("data/cp"), episodes=10, policies=(("scripted", 1.0),)))
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worldsim.data.episodes import Episode, read_manifest, write_manifest, write_shard
+from worldsim.data.episodes import Episode, read_manifest, split_of, write_manifest, write_shard
 from worldsim.data.frames import preprocess
-from worldsim.data.policies import make_policy
-from worldsim.spaces import ActionSpec
+from worldsim.data.policies import POLICIES, SCRIPTED, Keyboard, PolicyError, StopRecording, game_name, make_policy
+from worldsim.spaces import ActionError, ActionSpec
 
 log = logging.getLogger(__name__)
 
 SHARD_BYTES = 64 * 2**20
+"""A shard is closed before it would grow past this (an episode larger than this gets its own)."""
+RECIPE_KEYS = ("env_id", "env_kwargs", "crop", "frameskip", "max_steps", "seed", "policies")
+"""Manifest fields that must match for a recording to be resumed or extended."""
 
 
 class RecordError(RuntimeError):
-    """The env cannot be recorded (unknown id, no rgb_array rendering, unwritable output)."""
+    """The env cannot be recorded (unknown id, no rgb_array rendering, unwritable output, ...)."""
 
 
 @dataclass
 class RecordConfig:
+    """What to record, where, and how."""
+
     env_id: str
     out: Path
     episodes: int = 200
+    """Episodes in total (a resumed recording stops at this count)."""
     policies: tuple[tuple[str, float], ...] = (("random", 1.0),)
+    """(policy, share of episodes) pairs."""
     seed: int = 0
+    """Episode i is reset with seed + i."""
     max_steps: int = 500
+    """Recorded frames after which an episode is truncated."""
     frameskip: int = 1
+    """Env steps per recorded frame (the action is repeated, rewards summed)."""
     crop: tuple[int, int, int, int] | None = None
+    """(top, bottom, left, right) of the rendered frame, before the 64x64 resize."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    world: Any = None  # the WorldDef, for bundled worlds
+    world: Any = None
+    """The bundled world's ``WorldDef`` (None for a plain env id)."""
     fps: int = 15
+    """Frames per second the recording is meant to be played at (stored in the manifest)."""
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("gymnasium", "numpy", "ale_py", "worldsim"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:
-            pass
-    return out
-
-
-def make_env(cfg: RecordConfig) -> Any:
+# ---------------------------------------------------------------------------- the env
+def open_env(cfg: RecordConfig) -> Any:
+    """The real game, rendering ``rgb_array``; :class:`RecordError` if that cannot be had."""
     import gymnasium as gym
 
     if cfg.env_id.startswith("ALE/"):
         try:
             import ale_py
-
-            gym.register_envs(ale_py)
         except ImportError as e:
             raise RecordError("Atari games need ale-py: pip install 'worldsim[atari]'") from e
+        gym.register_envs(ale_py)
     try:
-        env = gym.make(cfg.env_id, render_mode="rgb_array", **cfg.env_kwargs)
+        # The env's own time limit must not cut an episode before --max-steps does.
+        env = gym.make(
+            cfg.env_id, render_mode="rgb_array", max_episode_steps=cfg.max_steps * cfg.frameskip, **cfg.env_kwargs
+        )
     except gym.error.Error as e:
         raise RecordError(f"cannot make env {cfg.env_id!r}: {e}") from e
-    except TypeError as e:
-        raise RecordError(f"env {cfg.env_id!r} does not accept render_mode='rgb_array': {e}") from e
-    if env.render_mode != "rgb_array" or "rgb_array" not in env.metadata.get("render_modes", []):
+    except (TypeError, ImportError) as e:
+        raise RecordError(f"cannot make env {cfg.env_id!r} with render_mode='rgb_array': {e}") from e
+    modes = env.metadata.get("render_modes", [])
+    if env.render_mode != "rgb_array" or "rgb_array" not in modes:
         env.close()
-        raise RecordError(
-            f"env {cfg.env_id!r} cannot render rgb_array (render modes: {env.metadata.get('render_modes')})"
-        )
+        raise RecordError(f"env {cfg.env_id!r} cannot render rgb_array (its render modes: {modes})")
     return env
 
 
-def _frame(env: Any, crop: Any) -> np.ndarray:
-    f = env.render()
-    if not isinstance(f, np.ndarray) or f.ndim != 3:
-        raise RecordError(f"env rendered {type(f).__name__}, not an RGB array")
-    return preprocess(f, crop)
+def _frame(env: Any, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    frame = env.render()
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise RecordError(f"env rendered {type(frame).__name__} {getattr(frame, 'shape', '')}, not an RGB array")
+    return preprocess(frame, crop)
 
 
-def record_episode(env: Any, cfg: RecordConfig, episode_id: int, spec: ActionSpec) -> Episode:
-    seed = cfg.seed + episode_id
-    rng = np.random.default_rng(seed)
+# ---------------------------------------------------------------------------- one episode
+def episode_policy(cfg: RecordConfig, episode_id: int) -> tuple[str, np.random.Generator]:
+    """The policy name of episode ``episode_id`` and the generator that then drives it."""
+    rng = np.random.default_rng(cfg.seed + episode_id)
     names = [p for p, _ in cfg.policies]
     shares = np.array([s for _, s in cfg.policies], dtype=np.float64)
-    policy_name = names[int(rng.choice(len(names), p=shares / shares.sum()))]
+    return names[int(rng.choice(len(names), p=shares / shares.sum()))], rng
+
+
+def record_episode(
+    env: Any, cfg: RecordConfig, episode_id: int, spec: ActionSpec, keyboard: Keyboard | None = None
+) -> Episode:
+    """Play and record one episode (at most ``cfg.max_steps`` frames after the reset frame)."""
+    seed = cfg.seed + episode_id
+    name, rng = episode_policy(cfg, episode_id)
     env.reset(seed=seed)
-    policy = make_policy(policy_name, env, rng, cfg.world)
-    frames, actions, rewards, term, trunc = [_frame(env, cfg.crop)], [], [], [], []
+    policy = make_policy(name, env, rng, cfg.world, keyboard)
+    frames, actions, rewards, terminated, truncated = [_frame(env, cfg.crop)], [], [], [], []
     for step in range(cfg.max_steps):
-        a = policy(env, frames[-1])
-        r_sum, done_t, done_tr = 0.0, False, False
+        action = policy(env, frames[-1])
+        total, term, trunc = 0.0, False, False
         for _ in range(cfg.frameskip):
-            _, r, done_t, done_tr, _ = env.step(a)
-            r_sum += float(r)
-            if done_t or done_tr:
+            _, r, term, trunc, _ = env.step(action)
+            total += float(r)
+            if term or trunc:
                 break
         frames.append(_frame(env, cfg.crop))
-        actions.append(spec.validate([a])[0])
-        rewards.append(r_sum)
-        term.append(bool(done_t))
-        trunc.append(bool(done_tr) or (step == cfg.max_steps - 1 and not done_t))
-        if done_t or done_tr:
+        actions.append(spec.validate([action])[0])
+        rewards.append(total)
+        terminated.append(bool(term))
+        truncated.append(bool(trunc) or (step == cfg.max_steps - 1 and not term))
+        if term or trunc:
             break
     return Episode(
-        np.stack(frames),
-        np.stack(actions),
-        np.array(rewards, np.float32),
-        np.array(term),
-        np.array(trunc),
-        seed,
-        episode_id,
+        frames=np.stack(frames),
+        actions=np.stack(actions),
+        rewards=np.array(rewards, np.float32),
+        terminated=np.array(terminated, bool),
+        truncated=np.array(truncated, bool),
+        seed=seed,
+        episode_id=episode_id,
     )
 
 
-def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
-    """Record (or continue recording) ``cfg.episodes`` episodes into ``cfg.out``; returns the manifest."""
-    out = Path(cfg.out)
+# ---------------------------------------------------------------------------- the data set
+def package_versions() -> dict[str, str]:
+    """Versions of what shapes the recorded pixels and dynamics."""
+    out = {"python": platform.python_version()}
+    for dist in ("gymnasium", "ale-py", "numpy", "pygame", "worldsim"):
+        try:
+            out[dist.replace("-", "_")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _recipe(cfg: RecordConfig) -> dict[str, Any]:
+    return _as_json(
+        {
+            "env_id": cfg.env_id,
+            "env_kwargs": cfg.env_kwargs,
+            "crop": cfg.crop,
+            "frameskip": cfg.frameskip,
+            "max_steps": cfg.max_steps,
+            "seed": cfg.seed,
+            "policies": [list(p) for p in cfg.policies],
+        }
+    )
+
+
+def _new_manifest(cfg: RecordConfig, spec: ActionSpec) -> dict[str, Any]:
+    return {
+        **_recipe(cfg),
+        "world": getattr(cfg.world, "name", None),
+        "action_space": json.loads(spec.to_json()),
+        "fps": cfg.fps,
+        "frame_shape": [64, 64, 3],
+        "split_seed": 0,
+        "versions": package_versions(),
+        "shards": [],
+        "episodes": 0,
+        "frames": 0,
+    }
+
+
+def _prepare_output(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -134,92 +201,147 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
         probe.unlink()
     except OSError as e:
         raise RecordError(f"cannot write to {out}: {e.strerror or e}") from e
-    env = make_env(cfg)
-    spec = ActionSpec.from_space(env.action_space)
+    for p in out.glob("*.tmp"):  # left by a writer that was killed mid-shard: never part of the data
+        if p.name.startswith(("shard-", "manifest.json")):
+            log.info("removing %s, left by an interrupted recording", p.name)
+            p.unlink()
+
+
+def _existing_manifest(out: Path, cfg: RecordConfig) -> dict[str, Any] | None:
+    """The manifest of an earlier recording into ``out`` (None if there is none), if its recipe matches."""
     try:
         manifest = read_manifest(out)
-        if manifest["env_id"] != cfg.env_id:
-            raise RecordError(f"{out} holds a recording of {manifest['env_id']}, not {cfg.env_id}")
     except FileNotFoundError:
-        manifest = {
-            "env_id": cfg.env_id,
-            "env_kwargs": cfg.env_kwargs,
-            "world": getattr(cfg.world, "name", None),
-            "action_space": json_spec(spec),
-            "fps": cfg.fps,
-            "frame_shape": [64, 64, 3],
-            "crop": cfg.crop,
-            "frameskip": cfg.frameskip,
-            "max_steps": cfg.max_steps,
-            "seed": cfg.seed,
-            "split_seed": 0,
-            "policies": [list(p) for p in cfg.policies],
-            "versions": _versions(),
-            "shards": [],
-            "episodes": 0,
-            "frames": 0,
-        }
-    done = {i for s in manifest["shards"] for i in s["episode_ids"]}
-    todo = [i for i in range(cfg.episodes) if i not in done]
-    if not todo:
-        log.info("%s already holds %d episodes", out, len(done))
-        return manifest
-    from tqdm import tqdm
+        return None
+    except (OSError, ValueError) as e:
+        raise RecordError(f"cannot read {out / 'manifest.json'}: {e}") from e
+    recipe = _recipe(cfg)
+    for key in RECIPE_KEYS:
+        if manifest.get(key) != recipe[key]:
+            raise RecordError(
+                f"{out} holds a recording with {key}={manifest.get(key)!r}, not {recipe[key]!r}: "
+                "record into another folder (or delete it to start over)"
+            )
+    return manifest
 
-    bar = tqdm(total=cfg.episodes, initial=len(done), desc=f"record {cfg.env_id}", disable=not progress, unit="ep")
-    pending: list[Episode] = []
-    t0, n_frames = time.perf_counter(), 0
 
-    def flush() -> None:
-        nonlocal pending
-        if not pending:
+class _ShardWriter:
+    """Collects finished episodes and writes them as shards, updating the manifest after each."""
+
+    def __init__(self, out: Path, manifest: dict[str, Any], policy_of: dict[int, str]) -> None:
+        self.out, self.manifest, self.policy_of = out, manifest, policy_of
+        self.pending: list[Episode] = []
+        self.frames_this_run = 0
+        self.t0 = time.perf_counter()
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(e.frames.nbytes for e in self.pending)
+
+    def add(self, ep: Episode) -> None:
+        if self.pending and self.pending_bytes + ep.frames.nbytes > SHARD_BYTES:
+            self.flush()
+        self.pending.append(ep)
+        self.frames_this_run += len(ep) + 1
+        if self.pending_bytes >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
             return
-        name = f"shard-{len(manifest['shards']):05d}.npz"
-        write_shard(out / name, pending)
-        manifest["shards"].append(
+        m, eps = self.manifest, self.pending
+        self.pending = []  # a failed write is not retried: its episodes are recorded again on resume
+        name = f"shard-{len(m['shards']):05d}.npz"
+        write_shard(self.out / name, eps)
+        size = (self.out / name).stat().st_size
+        m["shards"].append(
             {
                 "file": name,
-                "episode_ids": [e.episode_id for e in pending],
-                "frames": int(sum(len(e) + 1 for e in pending)),
+                "episode_ids": [e.episode_id for e in eps],
+                "frames": int(sum(len(e) + 1 for e in eps)),
+                "bytes": int(size),
+                "seeds": [e.seed for e in eps],
+                "policies": [self.policy_of[e.episode_id] for e in eps],
+                "steps": [len(e) for e in eps],
+                "terminated": [bool(e.terminated[-1]) if len(e) else False for e in eps],
             }
         )
-        manifest["episodes"] = sum(len(s["episode_ids"]) for s in manifest["shards"])
-        manifest["frames"] = sum(s["frames"] for s in manifest["shards"])
-        manifest["record_fps"] = round(n_frames / max(time.perf_counter() - t0, 1e-9), 1)
-        write_manifest(out, manifest)
-        pending = []
+        ids = [i for s in m["shards"] for i in s["episode_ids"]]
+        m["episodes"] = len(ids)
+        m["frames"] = sum(s["frames"] for s in m["shards"])
+        m["record_fps"] = round(self.frames_this_run / max(time.perf_counter() - self.t0, 1e-9), 1)
+        assign = split_of(ids, seed=m.get("split_seed", 0))  # exactly what load_episodes computes
+        m["splits"] = {s: sorted(i for i, v in assign.items() if v == s) for s in ("train", "val", "test")}
+        write_manifest(self.out, m)
+        log.debug("wrote %s: %d episodes, %.1f MB", name, len(eps), size / 2**20)
 
+
+def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
+    """Record (or continue recording) ``cfg.episodes`` episodes into ``cfg.out``; returns the manifest.
+
+    Raises :class:`RecordError` for an env that cannot be recorded or an output that cannot be
+    written. On ``KeyboardInterrupt`` the finished episodes are saved before it propagates.
+    """
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    names = {name for name, _ in cfg.policies}
+    if names - set(POLICIES):
+        raise RecordError(f"unknown policy {sorted(names - set(POLICIES))[0]!r}: use one of {', '.join(POLICIES)}")
+    env = open_env(cfg)
+    try:
+        if "scripted" in names and game_name(env) not in SCRIPTED:
+            raise RecordError(f"no scripted policy for {cfg.env_id} (only {', '.join(SCRIPTED)}): use random or sticky")
+        if "human" in names:
+            Keyboard.check(cfg.world)
+        spec = ActionSpec.from_space(env.action_space)
+        manifest = _existing_manifest(out, cfg) or _new_manifest(cfg, spec)
+        done = {i for s in manifest["shards"] for i in s["episode_ids"]}
+        todo = [i for i in range(cfg.episodes) if i not in done]
+        if todo:  # a finished recording may live on read-only storage
+            _prepare_output(out)
+        policy_of = {i: episode_policy(cfg, i)[0] for i in todo}
+        keyboard = Keyboard(cfg.world, env.action_space) if "human" in policy_of.values() else None
+    except BaseException:
+        env.close()
+        raise
+    if not todo:
+        env.close()
+        log.info("%s already holds %d episodes (%d frames): nothing to do", out, len(done), manifest["frames"])
+        return manifest
+    if done:
+        log.info("resuming %s: %d episodes stored, %d to go", out, len(done), len(todo))
+    writer = _ShardWriter(out, manifest, policy_of)
+    bar = tqdm(total=cfg.episodes, initial=len(done), desc=f"record {cfg.env_id}", unit="ep", disable=not progress)
     try:
         for i in todo:
-            ep = record_episode(env, cfg, i, spec)
-            pending.append(ep)
-            n_frames += len(ep) + 1
+            ep = record_episode(env, cfg, i, spec, keyboard)
+            writer.add(ep)
+            bar.set_postfix(frames=manifest["frames"] + sum(len(e) + 1 for e in writer.pending), refresh=False)
             bar.update(1)
-            bar.set_postfix(frames=manifest["frames"] + sum(len(e) + 1 for e in pending), refresh=False)
-            if sum(e.frames.nbytes for e in pending) >= SHARD_BYTES:
-                flush()
-        flush()
+    except StopRecording:
+        log.info("stopped by the player; the unfinished episode is dropped")
+    except ActionError as e:
+        raise RecordError(f"the policy produced an invalid action: {e}") from e
     finally:
+        writer.flush()  # finished episodes are kept even when interrupted
         bar.close()
         env.close()
+        if keyboard is not None:
+            keyboard.close()
     log.info(
-        "recorded %d episodes, %d frames into %s (%.0f frames/s)",
+        "%s: %d episodes, %d frames (%.0f frames/s recorded)",
+        out,
         manifest["episodes"],
         manifest["frames"],
-        out,
-        manifest.get("record_fps", 0),
+        manifest.get("record_fps", 0.0),
     )
     return manifest
 
 
-def json_spec(spec: ActionSpec) -> dict[str, Any]:
-    import json
-
-    return json.loads(spec.to_json())
-
-
+# ---------------------------------------------------------------------------- CLI
 def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
-    """A bundled world's recipe (overridable by flags), or any Gymnasium env id."""
+    """A bundled world's recipe (flags override it) or, for any other name, a Gymnasium env id."""
     from worldsim.worlds import get_world, list_worlds
 
     if target in list_worlds():
@@ -227,7 +349,7 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
         r = w.record
         return RecordConfig(
             env_id=w.env_id,
-            out=args.out or Path("data") / w.name,
+            out=Path(args.out) if args.out else Path("data") / w.name,
             episodes=args.episodes or r.episodes,
             policies=((args.policy, 1.0),) if args.policy else r.policies,
             seed=r.seed if args.seed is None else args.seed,
@@ -239,10 +361,10 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
             fps=w.fps,
         )
     if args.out is None:
-        raise RecordError("--out is required when recording an env id that is not a bundled world")
+        raise RecordError(f"{target!r} is not a bundled world ({', '.join(list_worlds())}): give --out for an env id")
     return RecordConfig(
         env_id=target,
-        out=args.out,
+        out=Path(args.out),
         episodes=args.episodes or 100,
         policies=((args.policy or "random", 1.0),),
         seed=args.seed or 0,
@@ -251,20 +373,35 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="a bundled world (cartpole) or any Gymnasium env id (e.g. ALE/Pong-v5)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default data/<world>)")
-    parser.add_argument("--episodes", type=int, default=None, help="episodes in total (resumes up to this count)")
-    parser.add_argument("--policy", choices=("random", "sticky", "scripted", "human"), default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--max-steps", type=int, default=None, help="truncate episodes after this many frames")
-    parser.add_argument("--frameskip", type=int, default=None, help="env steps per recorded frame")
+    parser.add_argument("target", help="a bundled world (cartpole, boxing) or any Gymnasium env id (e.g. ALE/Pong-v5)")
+    parser.add_argument("--out", type=Path, default=None, help="data set folder (default data/<world>)")
+    parser.add_argument("--episodes", type=_positive, default=None, help="episodes in total (a rerun resumes)")
+    parser.add_argument("--policy", choices=POLICIES, default=None, help="one policy for all episodes")
+    parser.add_argument("--seed", type=int, default=None, help="episode i is reset with seed + i")
+    parser.add_argument("--max-steps", type=_positive, default=None, help="truncate episodes after this many frames")
+    parser.add_argument("--frameskip", type=_positive, default=None, help="env steps per recorded frame")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        record(config_for(args.target, args))
-    except (RecordError, ValueError) as e:
+        cfg = config_for(args.target, args)
+    except RecordError as e:
         print(f"worldsim record: {e}", file=sys.stderr)
         return 2
+    try:
+        record(cfg)
+    except (RecordError, PolicyError) as e:
+        print(f"worldsim record: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldsim record: interrupted; finished episodes are in {cfg.out}, rerun to continue", file=sys.stderr)
+        return 130
     return 0
