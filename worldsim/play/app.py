@@ -1,64 +1,89 @@
-"""The pygame front end: window, keys, HUD, pacing; and the headless mode.
+"""The pygame front end: window, events, drawing, pacing; and the headless loop.
 
 Keys: the world's key map plays; R resets, P pauses, H toggles the HUD, F1 shows the keys,
-F12 saves a PNG screenshot, V starts/stops recording (GIF or MP4), ESC quits.
+F12 saves a PNG screenshot, V starts/stops recording (MP4 if an ffmpeg backend is installed,
+else GIF), ESC or closing the window quits. All game logic is in :class:`PlayerCore`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from worldsim.play.game import PlayerCore
+from worldsim.play.game import GAP, PlayerCore
+from worldsim.play.hud import draw_panel, help_lines, hud_lines
 from worldsim.play.keys import KeyTracker
-from worldsim.play.video import write_video
+from worldsim.play.recorder import default_video_suffix
 
 log = logging.getLogger(__name__)
 
 
+class NoDisplay(RuntimeError):
+    """SDL cannot open a window here."""
+
+
 def has_display() -> bool:
-    if os.environ.get("SDL_VIDEODRIVER") in ("dummy", "offscreen"):
-        return True
-    if os.name == "posix" and os.uname().sysname == "Linux":
+    """False when a window surely cannot open (Linux without X11/Wayland and no SDL driver set)."""
+    if os.environ.get("SDL_VIDEODRIVER"):
+        return True  # an explicit driver (dummy, offscreen, kmsdrm, ...): let SDL try
+    if sys.platform.startswith("linux"):
         return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     return True
 
 
 class PlayerApp:
+    """A window showing ``core.view()`` zoomed, with the HUD; keys go to ``keys`` or the controls."""
+
     def __init__(
         self,
         core: PlayerCore,
         keys: KeyTracker,
-        fps: int,
+        fps: float,
         zoom: int = 6,
         smooth: bool = False,
-        video_suffix: str = ".gif",
-        out_dir: Path = Path("."),
+        video_suffix: str | None = None,
+        out_dir: str | Path = ".",
+        title: str = "",
     ) -> None:
         import pygame
 
         self.pg = pygame
-        self.core, self.keys, self.fps, self.zoom, self.smooth = core, keys, fps, zoom, smooth
-        self.video_suffix, self.out_dir = video_suffix, out_dir
+        self.core, self.keys, self.fps = core, keys, float(fps)
+        self.zoom, self.smooth = max(1, int(zoom)), smooth
+        self.video_suffix = video_suffix or default_video_suffix()
+        self.out_dir, self.title = Path(out_dir), title
         self.show_hud, self.show_help, self.running = True, False, True
+        self.scripted = False  # headless: actions come from a script, not the keys
         self.messages: list[tuple[str, float]] = []
-        pygame.init()
-        w, h = core.view().shape[1] * zoom, core.view().shape[0] * zoom
-        self.screen = pygame.display.set_mode((w, h))
-        pygame.display.set_caption("worldsim")
-        self.font = pygame.font.Font(None, max(16, 3 * zoom))
+        pygame.display.init()
+        pygame.font.init()
+        h, w = core.view().shape[:2]
+        try:
+            self.screen = pygame.display.set_mode((w * self.zoom, h * self.zoom))
+        except pygame.error as e:
+            pygame.display.quit()
+            raise NoDisplay(str(e)) from None
+        caption = f"worldsim - {title}" if title else "worldsim"
+        pygame.display.set_caption(caption + ("  (neural | real)" if core.real is not None else ""))
+        self.font = pygame.font.Font(None, max(14, round(3.4 * self.zoom)))
         self.clock = pygame.time.Clock()
+        if not keys.bindings:
+            log.warning("no keys for this world's %s actions: it plays its neutral action", keys.spec.kind)
+        for name in keys.shadowed_controls:
+            log.warning("the world's key map uses %r: that player control is not available", name)
 
     # ------------------------------------------------------------------ events
     def handle(self, event: Any) -> None:
         pg = self.pg
         if event.type == pg.QUIT:
             self.running = False
+        elif event.type == getattr(pg, "WINDOWFOCUSLOST", -1):
+            self.keys.release_all()  # the KEYUPs of keys held now would go to another window
         elif self.keys.handle(event):
             return
         elif event.type == pg.KEYDOWN:
@@ -66,11 +91,9 @@ class PlayerApp:
                 self.running = False
             elif event.key == pg.K_r:
                 self.core.reset()
-                self.keys.release_all()
                 self.say("reset")
             elif event.key == pg.K_p:
-                self.core.toggle_pause()
-                self.say("paused" if self.core.state.paused else "resumed")
+                self.say("paused" if self.core.toggle_pause() else "resumed")
             elif event.key == pg.K_h:
                 self.show_hud = not self.show_hud
             elif event.key == pg.K_F1:
@@ -80,103 +103,128 @@ class PlayerApp:
             elif event.key == pg.K_v:
                 self.toggle_recording()
 
-    def say(self, text: str) -> None:
-        self.messages.append((text, time.monotonic() + 2.0))
+    def say(self, text: str, seconds: float = 2.0) -> None:
+        """A message shown for a few seconds."""
+        self.messages.append((text, time.monotonic() + seconds))
         log.info(text)
 
+    # ------------------------------------------------------------------ actions
+    def _stamp(self, suffix: str) -> Path:
+        name = self.title or "world"
+        return self.out_dir / f"worldsim-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{self.core.state.frame_index}{suffix}"
+
     def screenshot(self, path: str | Path | None = None) -> Path:
-        p = Path(path) if path else self.out_dir / time.strftime("worldsim-%Y%m%d-%H%M%S.png")
+        """Save the window as it looks (HUD included) to a PNG."""
+        p = Path(path) if path else self._stamp(".png")
+        p.parent.mkdir(parents=True, exist_ok=True)
         self.draw()
         self.pg.image.save(self.screen, str(p))
-        self.say(f"screenshot {p}")
+        self.say(f"saved {p}")
         return p
 
     def toggle_recording(self, path: str | Path | None = None) -> Path | None:
-        if not self.core.state.recording:
-            self.core.start_recording()
-            self.say("recording")
+        """Start recording (to ``path`` or a timestamped file), or stop and return the file."""
+        if not self.core.recording:
+            p = Path(path) if path else self._stamp(self.video_suffix)
+            try:
+                self.core.start_recording(p, self.fps or self.core.backend.fps)
+            except RuntimeError as e:
+                self.say(f"cannot record: {e}", 4.0)
+                return None
+            self.say(f"recording to {p}")
             return None
-        frames = self.core.stop_recording()
-        p = Path(path) if path else self.out_dir / time.strftime(f"worldsim-%Y%m%d-%H%M%S{self.video_suffix}")
-        up = [np.repeat(np.repeat(f, 4, 0), 4, 1) for f in frames]
-        write_video(p, up, self.fps)
-        self.say(f"saved {p}")
-        return p
+        out = self.core.stop_recording()
+        if out is not None:
+            self.say(f"saved {out}")
+        return out
 
     # ------------------------------------------------------------------ drawing
     def draw(self) -> None:
         pg, s = self.pg, self.core.state
-        view = self.core.view()
-        surf = pg.surfarray.make_surface(view.swapaxes(0, 1))
+        surf = pg.surfarray.make_surface(self.core.view().swapaxes(0, 1))
         size = self.screen.get_size()
         surf = pg.transform.smoothscale(surf, size) if self.smooth else pg.transform.scale(surf, size)
         self.screen.blit(surf, (0, 0))
-        lines: list[str] = []
+        if self.core.real is not None:
+            w, h = size
+            y = h - self.font.get_linesize() - 14
+            for text, x in (("neural", 4), ("real game", (w + GAP * self.zoom) // 2 + 4)):
+                draw_panel(self.screen, self.font, [text], (x, y), color=(255, 150, 120))
         if self.show_hud:
-            lines += [
-                f"FPS {s.fps:5.1f}   model {s.latency_ms:5.1f} ms",
-                f"frame {s.frame_index}   action {s.action}",
-                f"reward {s.reward:+.2f}   return {s.episode_return:.1f}",
-            ]
-            if s.terminated:
-                lines.append("episode over (model) - R to reset")
-            if s.real_done:
-                lines.append("real game over")
-            if s.paused:
-                lines.append("PAUSED (P)")
-            if s.recording:
-                lines.append("REC (V to stop)")
+            target = self.fps if self.fps > 0 and not self.scripted else 0.0
+            held = ["scripted"] if self.scripted else self.keys.held_names()
+            lines = hud_lines(s, held=held, title=self.title, target_fps=target)
+            if s.rtt_ms is not None:
+                lines[1] += f"  net {s.rtt_ms:4.0f} ms"
+            draw_panel(self.screen, self.font, lines, (4, 4))
         if self.show_help:
-            lines += (
-                ["keys:"] + self.keys.describe() + ["R reset  P pause  H hud", "F12 screenshot  V record  ESC quit"]
-            )
+            draw_panel(self.screen, self.font, help_lines(self.keys.describe()), (size[0] - 4, 4), align_right=True)
         now = time.monotonic()
         self.messages = [(m, t) for m, t in self.messages if t > now]
-        lines += [m for m, _ in self.messages]
-        if lines:
-            h = self.font.get_linesize()
-            w = max(self.font.size(t)[0] for t in lines) + 12
-            box = pg.Surface((w, h * len(lines) + 8), pg.SRCALPHA)
-            box.fill((0, 0, 0, 150))
-            self.screen.blit(box, (4, 4))
-            for i, t in enumerate(lines):
-                self.screen.blit(self.font.render(t, True, (255, 255, 120)), (10, 8 + i * h))
-        if self.core.real is not None:
-            half = self.screen.get_size()[0] // 2
-            for text, x in (("neural", 8), ("real", half + 8)):
-                img = self.font.render(text, True, (255, 80, 80))
-                self.screen.blit(img, (x, self.screen.get_size()[1] - img.get_height() - 6))
+        if self.messages:
+            lines = [m for m, _ in self.messages[-3:]]
+            below = self.font.get_linesize() + 18 if self.core.real is not None else 4  # the labels
+            y = size[1] - (len(lines) * self.font.get_linesize() + 10) - below
+            draw_panel(self.screen, self.font, lines, (4, max(4, y)), color=(170, 230, 255))
         pg.display.flip()
 
     # ------------------------------------------------------------------ loops
+    def tick(self, pace: bool = True) -> bool:
+        """One frame: events, one step with the keys' action (unless paused or over), draw, pace.
+
+        False once the player has quit.
+        """
+        for event in self.pg.event.get():
+            self.handle(event)
+        if not self.running:
+            return False
+        action = self.keys.action()
+        if not self.core.over:
+            self.core.step(action)
+        self.draw()
+        if pace:
+            # The model ran during this frame; tick() waits out the rest of 1/fps (if any).
+            if self.fps > 0:
+                self.clock.tick(self.fps)
+            else:
+                self.clock.tick()
+        return True
+
     def run(self) -> None:
-        """Interactive: pace at the world's fps; the model runs as fast as it can in between."""
-        while self.running:
-            for event in self.pg.event.get():
-                self.handle(event)
-            if not self.running:
-                break
-            self.core.step(self.keys.action())
-            self.draw()
-            self.clock.tick(self.fps)
-        if self.core.state.recording:
+        """Interactive play until ESC or the window is closed (or Ctrl-C)."""
+        try:
+            while self.tick():
+                pass
+        except KeyboardInterrupt:
+            pass
+        if self.core.recording:
             self.toggle_recording()
 
-    def run_headless(self, actions: list[Any], record: Path | None, screenshot: Path | None) -> None:
+    def run_headless(
+        self,
+        next_action: Callable[[PlayerCore], Any],
+        frames: int,
+        record: Path | None = None,
+        screenshot: Path | None = None,
+    ) -> Path | None:
+        """Play ``frames`` frames with ``next_action(core)`` (a new episode when one ends), as fast
+        as the model goes; write the video and/or a final screenshot (HUD included)."""
+        self.scripted = True
         if record is not None:
-            self.core.start_recording()
-        for a in actions:
+            self.core.start_recording(record, self.fps or self.core.backend.fps)
+        for _ in range(frames):
             for event in self.pg.event.get():
                 self.handle(event)
-            self.core.step(a)
-            if self.core.state.terminated:
+            if self.core.over:
                 self.core.reset()
-        self.draw()
-        if record is not None:
-            self.toggle_recording(record)
+            self.core.step(next_action(self.core))
+        out = self.core.stop_recording() if record is not None else None
         if screenshot is not None:
             self.screenshot(screenshot)
+        return out
 
     def close(self) -> None:
+        if self.core.recording:
+            self.core.stop_recording()
         self.pg.display.quit()
         self.core.close()
