@@ -330,3 +330,50 @@ def test_step_subsets_of_rows() -> None:
     a = full.step([1], rows=[0]).frames[0]
     b = singles[2].step([1]).frames[0]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_graphed_step_path_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph step (static buffers, mask decided on the host) gives the plain step's frames.
+
+    No GPU here: the graph's replay is swapped for running the captured function eagerly on the
+    same static buffers, which checks everything but the capture itself.
+    """
+    from worldsim.engine.graphs import GraphedStep
+
+    calls: list[bool] = []
+
+    def replay_eagerly(self: GraphedStep, action: torch.Tensor, noise: torch.Tensor, full: bool):  # type: ignore[no-untyped-def]
+        calls.append(full)
+        return self.run_eager(action, noise, full)
+
+    monkeypatch.setattr(GraphedStep, "run", replay_eagerly)
+    world = tiny_world()
+    capacity = world.config.cache.capacity
+    plain, graphed = world.session(2, seed=3), world.session(2, seed=3)
+    graphed.cuda_graphs = True
+    n = capacity + 3
+    for s in (plain, graphed):
+        s.reset()
+    outs = {"plain": [], "graphed": []}
+    for i in range(2 * n):
+        if i == n:  # a new episode in one row: the cache is filling again
+            plain.reset(rows=[1], seed=9)
+            graphed.reset(rows=[1], seed=9)
+        for name, s in (("plain", plain), ("graphed", graphed)):
+            outs[name].append(s.step([i % 2, 1]))
+    for p, g in zip(outs["plain"], outs["graphed"]):
+        assert np.abs(p.frames.astype(int) - g.frames.astype(int)).max() <= 1
+        np.testing.assert_allclose(p.rewards, g.rewards, atol=1e-5)
+    # both graphs were used: filling at first, full once every slot held a frame, filling after the reset
+    first_full = capacity - world.config.context_frames
+    assert calls[:first_full] == [False] * first_full and calls[first_full] is True
+    assert calls[n] is False and calls[-1] is True
+    # a step of some rows only runs eagerly, outside the graph
+    before = len(calls)
+    graphed.step([0], rows=[0])
+    assert len(calls) == before
+
+
+def test_cuda_graphs_need_cuda() -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        tiny_world().session(1, cuda_graphs=True)

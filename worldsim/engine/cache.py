@@ -69,6 +69,12 @@ class KVCache:
         self._write_slot: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ bookkeeping
+    mask_mode: str = "auto"
+    """How :meth:`context` decides on the attention mask. ``auto``: look at the slots (a
+    device-to-host sync per pass). For CUDA graph capture, where no sync may happen, the caller
+    who knows the rows' histories says so: ``always`` (a mask, correct for any fill) or
+    ``never`` (every slot is filled in every row: the flash-attn path)."""
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the K/V buffers (constant for the cache's life)."""
@@ -145,7 +151,7 @@ class KVCache:
         q_cos = q_cos[:, None, None, :].expand(-1, 1, N, -1)
         q_sin = q_sin[:, None, None, :].expand(-1, 1, N, -1)
         mask = None
-        if not bool(valid.all()):
+        if self.mask_mode == "always" or (self.mask_mode == "auto" and not bool(valid.all())):
             keys = torch.cat([valid.repeat_interleave(N, dim=1), valid.new_ones(self.batch, N)], dim=1)
             mask = keys[:, None, None, :]  # (B, 1, 1, S*N + N)
         if write:

@@ -101,5 +101,8 @@ def commit_frame(
         if cfg:
             x, action = torch.cat([x, x]), torch.cat([action, action])
             has_action = torch.cat([has_action, torch.zeros_like(has_action)])
-        tt = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(x.shape[0], 1)
+        if isinstance(t, torch.Tensor):
+            tt = t.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 1)
+        else:  # a fill kernel, not a host-to-device copy (CUDA graph capture allows none)
+            tt = torch.full((x.shape[0], 1), float(t), device=x.device, dtype=x.dtype)
         return model(x, tt, action, has_action, cache.context(write=True))

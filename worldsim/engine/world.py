@@ -23,6 +23,7 @@ import torch
 
 from worldsim import checkpoint as ckpt
 from worldsim.engine.cache import CacheConfig, KVCache
+from worldsim.engine.graphs import GraphedStep
 from worldsim.engine.sampler import SamplerConfig, commit_frame, denoise_frame
 from worldsim.model.codec import CodecConfig, FrameCodec
 from worldsim.model.denoiser import CausalDenoiser, DenoiserConfig
@@ -145,8 +146,11 @@ class WorldModel(torch.nn.Module):
         self.requires_grad_(False)
         return self
 
-    def session(self, batch: int = 1, seed: int | Sequence[int] | None = None) -> Session:
-        return Session(self, batch=batch, seed=seed)
+    def session(
+        self, batch: int = 1, seed: int | Sequence[int] | None = None, cuda_graphs: bool | None = None
+    ) -> Session:
+        """A batched session; ``cuda_graphs`` defaults to on for CUDA worlds (see engine/graphs.py)."""
+        return Session(self, batch=batch, seed=seed, cuda_graphs=cuda_graphs)
 
 
 def write_context(model: CausalDenoiser, cache: KVCache, lat: torch.Tensor, acts: torch.Tensor, cfg: bool) -> None:
@@ -174,7 +178,13 @@ class Session:
     its own history in the rolling KV cache, so rows can be reset one at a time.
     """
 
-    def __init__(self, world: WorldModel, batch: int = 1, seed: int | Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        world: WorldModel,
+        batch: int = 1,
+        seed: int | Sequence[int] | None = None,
+        cuda_graphs: bool | None = None,
+    ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.world, self.batch = world, batch
@@ -188,6 +198,15 @@ class Session:
         self.frame_index = np.zeros(batch, dtype=np.int64)
         self.frames = np.zeros((batch, cfg.codec.image_size, cfg.codec.image_size, 3), np.uint8)
         self._started = np.zeros(batch, dtype=bool)
+        # Frames in each row's history (context + generated), mirrored on the host so the
+        # graphed step knows without a device sync whether every cache slot is filled.
+        self._history = np.zeros(batch, dtype=np.int64)
+        if cuda_graphs is None:
+            cuda_graphs = world.device.type == "cuda"
+        if cuda_graphs and world.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, the world is on {world.device}")
+        self.cuda_graphs = cuda_graphs
+        self._graphed: GraphedStep | None = None
 
     # ------------------------------------------------------------------ seeding
     def _seed_rows(self, rows: Sequence[int], seed: int | Sequence[int] | None) -> None:
@@ -262,6 +281,7 @@ class Session:
                 acts = torch.as_tensor(flat).reshape(len(rows), -1, *spec.per_action_shape)
             acts = acts.to(self.world.device)
         self._write_context(rows, ctx, acts)
+        self._history[rows] = ctx.shape[1]
         self.frames[rows] = ctx[:, -1].cpu().numpy()
         self.frame_index[rows] = 0
         self._started[rows] = True
@@ -325,6 +345,7 @@ class Session:
             self.cache.scatter(cache, idx)
         self.frames[idx] = frames
         self.frame_index[idx] += 1
+        self._history[idx] += 1
         return StepResult(
             frames=frames.copy(),
             rewards=rewards.astype(np.float32),
@@ -332,16 +353,33 @@ class Session:
             latency_ms=(time.perf_counter() - t0) * 1e3,
         )
 
-    def _advance(self, cache: KVCache, rows: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        dev, n = self.world.device, len(rows)
-        act = torch.as_tensor(a, device=dev).unsqueeze(1)  # (n, 1, ...)
-        has = torch.ones(n, 1, dtype=torch.bool, device=dev)
+    def _advance_tensors(
+        self, cache: KVCache, act: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The device side of a step: denoise, commit to the cache, heads, decode.
+
+        act (n, 1, ...), noise (n, S, C, h, w) -> frames (n, H, W, 3) uint8, reward (n,),
+        p_term (n,). No host sync, so it can be captured in a CUDA graph (see graphs.py).
+        """
+        n = act.shape[0]
+        has = torch.ones(n, 1, dtype=torch.bool, device=act.device)
         model = self.world.denoiser
-        x0 = denoise_frame(model, cache, act, has, self._noise(rows), self.schedule, self.cfg_scale)
+        x0 = denoise_frame(model, cache, act, has, noise, self.schedule, self.cfg_scale)
         out = commit_frame(model, cache, x0, act, has, cfg=self.cfg_scale != 1.0)
-        frames = self.world.codec.decode(x0[:, 0]).cpu().numpy()  # (n, H, W, 3)
-        rewards = out.reward[:n, 0].float().cpu().numpy()
-        p_term = torch.sigmoid(out.term_logit[:n, 0].float()).cpu().numpy()
+        frames = self.world.codec.decode(x0[:, 0])  # (n, H, W, 3) uint8
+        return frames, out.reward[:n, 0].float(), torch.sigmoid(out.term_logit[:n, 0].float())
+
+    def _advance(self, cache: KVCache, rows: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        act = torch.as_tensor(a, device=self.world.device).unsqueeze(1)  # (n, 1, ...)
+        noise = self._noise(rows)
+        if self.cuda_graphs and cache is self.cache:
+            if self._graphed is None:
+                self._graphed = GraphedStep(self._advance_tensors, self.cache, act, noise)
+            full = bool((self._history >= self.world.config.cache.capacity).all())
+            out = self._graphed.run(act, noise, full)
+        else:
+            out = self._advance_tensors(cache, act, noise)
+        frames, rewards, p_term = (t.cpu().numpy() for t in out)
         if not np.all(np.isfinite(rewards)):
             raise FloatingPointError("the model produced a non-finite reward")
         return frames, rewards, p_term
@@ -354,6 +392,7 @@ class Session:
         self.generators[dst].set_state(self.generators[src].get_state())
         self.frames[dst] = self.frames[src]
         self.frame_index[dst] = self.frame_index[src]
+        self._history[dst] = self._history[src]
         self._started[dst] = self._started[src]
 
 
