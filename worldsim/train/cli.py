@@ -10,7 +10,7 @@ Stages chain through their run folders (``--runs``, default ``runs/``)::
 Config: defaults live in each stage's dataclass; a bundled world's ``WorldDef.train`` overrides
 them; ``--set section.field=value`` overrides both (sections: model.codec, model.denoiser,
 model.cache, model.sampler, codec, teacher, student, self_forcing). Multi-process:
-``torchrun --nproc-per-node 2 -m worldsim.train.cli <world> --stage teacher``.
+``torchrun --nproc-per-node 2 -m worldsim.train <world> --stage teacher``.
 """
 
 from __future__ import annotations
