@@ -38,5 +38,7 @@ def preprocess(frame: np.ndarray, crop: Crop | None = None, size: int = 64) -> n
     if (h, w) == (size, size):
         return np.ascontiguousarray(frame, dtype=np.uint8)
     mh, mw = _area_matrix(h, size), _area_matrix(w, size)
-    out = np.einsum("ih,hwc,jw->ijc", mh, frame.astype(np.float32), mw, optimize=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    # Two matmuls per channel: (size, h) @ (h, w) @ (w, size). An einsum over all three operands
+    # gave the same bytes (checked on 400 CartPole and Boxing frames) but ran 2-10x slower.
+    out = mh @ np.moveaxis(frame.astype(np.float32), -1, 0) @ mw.T  # (3, size, size)
+    return np.clip(np.rint(np.moveaxis(out, 0, -1)), 0, 255).astype(np.uint8)
