@@ -54,12 +54,10 @@ WORLD = WorldDef(
     state_names=STATE_NAMES,
     true_state=true_state,
     # A starting point for `worldsim train boxing` on a 2-core CPU; the lead tunes and records the numbers.
-    # The recipe the shipped checkpoint was trained with: a short budget (about 30 min on a 2-core
-    # CPU, after CartPole's run in the same session), far below what Boxing needs; see the card.
     train={
-        "codec": {"steps": 600, "batch": 32},
-        "teacher": {"steps": 700, "batch": 16, "clip_len": 8},
-        "student": {"steps": 100, "batch": 16, "ode_batches": 12},
-        "self_forcing": {"steps": 50, "batch": 8, "critic_steps": 2},
+        "codec": {"steps": 2000, "batch": 32},
+        "teacher": {"steps": 3000, "batch": 16, "clip_len": 8},
+        "student": {"steps": 300, "batch": 16, "ode_batches": 24},
+        "self_forcing": {"steps": 200, "batch": 8, "critic_steps": 2},
     },
 )
