@@ -372,13 +372,18 @@ class Session:
     def _advance(self, cache: KVCache, rows: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         act = torch.as_tensor(a, device=self.world.device).unsqueeze(1)  # (n, 1, ...)
         noise = self._noise(rows)
+        # The host knows whether every slot of these rows is filled: no device sync per pass.
+        full = bool((self._history[rows] >= self.world.config.cache.capacity).all())
         if self.cuda_graphs and cache is self.cache:
             if self._graphed is None:
                 self._graphed = GraphedStep(self._advance_tensors, self.cache, act, noise)
-            full = bool((self._history >= self.world.config.cache.capacity).all())
             out = self._graphed.run(act, noise, full)
         else:
-            out = self._advance_tensors(cache, act, noise)
+            cache.mask_mode = "never" if full else "always"
+            try:
+                out = self._advance_tensors(cache, act, noise)
+            finally:
+                cache.mask_mode = "auto"
         frames, rewards, p_term = (t.cpu().numpy() for t in out)
         if not np.all(np.isfinite(rewards)):
             raise FloatingPointError("the model produced a non-finite reward")

@@ -199,11 +199,14 @@ def action_source(args: argparse.Namespace, setup: Setup) -> tuple[Callable[[Any
 
 # ---------------------------------------------------------------------------- main
 def _no_display(args: argparse.Namespace, why: str = "") -> int:
+    import importlib.util
+
     from worldsim.play.recorder import default_video_suffix
 
     reason = f" ({why.strip()})" if why.strip() else ""
+    needs = "" if importlib.util.find_spec("imageio") else " (after pip install 'worldsim[video]')"
     print(
-        f"worldsim play: no display here, SDL cannot open a window{reason}; play headless instead: "
+        f"worldsim play: no display here, SDL cannot open a window{reason}; play headless instead{needs}: "
         f"worldsim play {args.world} --headless --frames 300 --record out{default_video_suffix()}",
         file=sys.stderr,
     )
@@ -237,7 +240,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--actions plays headless: add --headless")
         setup = build(args)
     except (RecorderError, ValueError, KeyError, OSError) as e:
-        return fail(str(e).strip("'\""))
+        return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))  # KeyError str() adds quotes
 
     from worldsim.play.app import NoDisplay, PlayerApp
     from worldsim.play.keys import KeyTracker
