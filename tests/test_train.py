@@ -222,3 +222,25 @@ def test_two_process_gloo_ddp(tmp_path: Path) -> None:
     w1 = torch.load(tmp_path / "w1.pt", weights_only=True)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # gradients were averaged: replicas agree
     assert (tmp_path / "0" / "log.jsonl").exists() and not (tmp_path / "1" / "log.jsonl").exists()
+
+
+def test_fit_heads_learns_episode_ends_backbone_untouched() -> None:
+    """Heads re-fit on frozen features: a visible end-of-episode frame becomes predictable, the backbone stays."""
+    from worldsim.train.heads import HeadFitConfig, fit_heads
+
+    seed_everything(0)
+    world = tiny_world()
+    world.requires_grad_(False)
+    eps = toy_episodes(n=16, length=24)
+    for e in eps:  # the terminal frame shows a red bar: something the features can see
+        e.frames[-1, 0:12] = (220, 20, 20)
+    lat = encode_episodes(world.codec, eps, CPU)
+    backbone = {k: v.clone() for k, v in world.denoiser.state_dict().items() if "_head" not in k}
+    cfg = HeadFitConfig(steps=1500, batch=256, lr=3e-3, clip_len=6)
+    m = fit_heads(cfg, world.denoiser, lat[:-4], lat[-4:], CPU)
+    assert m["heads_kept"] == 1.0
+    assert m["heads_loss"] < m["before_loss"] * 0.5, m
+    assert m["heads_true_ends"] == 4 and m["before_end_recall"] == 0.0, m
+    assert m["heads_end_recall"] >= 0.75 and m["heads_end_precision"] >= 0.75, m
+    after = world.denoiser.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in backbone.items())

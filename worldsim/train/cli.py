@@ -5,11 +5,14 @@ Stages chain through their run folders (``--runs``, default ``runs/``)::
     runs/<world>/codec/world.safetensors         codec trained, denoiser untrained
     runs/<world>/teacher/world.safetensors       + Diffusion Forcing teacher (many-step sampler)
     runs/<world>/student/world.safetensors       + few-step student (ODE regression)
-    runs/<world>/self-forcing/world.safetensors  + Self Forcing (DMD); --export copies it into envs/
+    runs/<world>/self-forcing/world.safetensors  + Self Forcing (DMD) + heads re-fit; --export copies it into envs/
+
+``--stage heads`` re-fits the reward/termination heads of a finished Self Forcing run in place
+(frozen backbone; see ``worldsim.train.heads``); Self Forcing runs it at its end anyway.
 
 Config: defaults live in each stage's dataclass; a bundled world's ``WorldDef.train`` overrides
 them; ``--set section.field=value`` overrides both (sections: model.codec, model.denoiser,
-model.cache, model.sampler, codec, teacher, student, self_forcing). Multi-process:
+model.cache, model.sampler, codec, teacher, student, self_forcing, heads). Multi-process:
 ``torchrun --nproc-per-node 2 -m worldsim.train <world> --stage teacher``.
 """
 
@@ -37,6 +40,7 @@ from worldsim.model.codec import CodecConfig
 from worldsim.model.denoiser import DenoiserConfig
 from worldsim.train.codec_stage import CodecTrainConfig, train_codec
 from worldsim.train.data import ClipSampler, encode_episodes, load_aligned
+from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.loop import init_distributed, seed_everything
 from worldsim.train.self_forcing import SelfForcingConfig, train_self_forcing
 from worldsim.train.student import StudentTrainConfig, train_student
@@ -50,6 +54,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "teacher": TeacherTrainConfig,
     "student": StudentTrainConfig,
     "self_forcing": SelfForcingConfig,
+    "heads": HeadFitConfig,
 }
 MODEL_CONFIGS: dict[str, type] = {
     "model.codec": CodecConfig,
@@ -107,9 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("world", help="bundled world name (its recipe) or any name with --data")
     parser.add_argument(
         "--stage",
-        choices=(*STAGES, "all"),
+        choices=(*STAGES, "heads", "all"),
         required=True,
-        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones)",
+        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones); "
+        "`heads` re-fits a finished self-forcing run's reward/termination heads",
     )
     parser.add_argument(
         "--baselines",
@@ -194,9 +200,8 @@ def _run_stage(args: argparse.Namespace) -> int:
         {"steps": args.steps} if args.steps else {},
     )
     root = args.runs / args.world
-    run_name = args.run_name or (
-        args.stage if args.stage != "self-forcing" or args.mode == "self" else f"self-forcing-{args.mode}"
-    )
+    sf_name = "self-forcing" if args.mode == "self" else f"self-forcing-{args.mode}"
+    run_name = args.run_name or (args.stage if args.stage not in ("self-forcing", "heads") else sf_name)
     run_dir = root / run_name
     seed_everything(getattr(stage_cfg, "seed", 0) + d.rank)
     t0 = time.time()
@@ -204,12 +209,15 @@ def _run_stage(args: argparse.Namespace) -> int:
     val_eps, _ = load_aligned(data, "val")
     provenance: dict[str, Any] = {}
 
+    heads_cfg = _build(HeadFitConfig, recipe.get("heads", {}), sets.get("heads", {}))
     if args.stage == "codec":
         wcfg = world_config(args.world, spec, fps, recipe, sets)
         world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume)
         world.start_frames, world.start_actions = start_clips(val_eps + train_eps, wcfg.context_frames)
     else:
-        prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student"}[args.stage]
+        prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": run_name}[args.stage]
+        if not (root / prev / "world.safetensors").exists():
+            raise SystemExit(f"{args.stage} needs {root / prev / 'world.safetensors'}: train that stage first")
         world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32)
         provenance = dict(world.provenance)
         if args.stage == "student":
@@ -224,7 +232,11 @@ def _run_stage(args: argparse.Namespace) -> int:
         sampler = ClipSampler(
             lat_train, clip_len, seed=stage_cfg.seed + d.rank, term_boost=getattr(stage_cfg, "term_boost", 0.0)
         )
-        if args.stage == "teacher":
+        if args.stage == "heads":
+            metrics = fit_heads(
+                stage_cfg, world.denoiser, lat_train, encode_episodes(world.codec, val_eps, device), device
+            )
+        elif args.stage == "teacher":
             metrics = train_teacher(stage_cfg, world, sampler, run_dir, device, d, args.resume)
             world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), cfg_scale=1.5)
         elif args.stage == "student":
@@ -232,6 +244,9 @@ def _run_stage(args: argparse.Namespace) -> int:
         else:
             teacher = WorldModel.load(root / "teacher" / "world.safetensors", device=device, dtype=torch.float32)
             metrics = train_self_forcing(stage_cfg, world, teacher, sampler, run_dir, device, d, args.resume, args.mode)
+            if stage_cfg.refit_heads and d.main:
+                lat_val = encode_episodes(world.codec, val_eps, device)
+                metrics.update(fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device))
     wall = time.time() - t0
     provenance[args.stage if args.mode == "self" else f"{args.stage}-{args.mode}"] = {
         "config": to_jsonable(stage_cfg),
@@ -247,7 +262,8 @@ def _run_stage(args: argparse.Namespace) -> int:
     if d.main:
         out = run_dir / "world.safetensors"
         world.save(out, provenance)
-        (run_dir / "summary.json").write_text(json.dumps({"wall_seconds": wall, **metrics}, indent=2))
+        summary = "summary.json" if args.stage != "heads" else "summary-heads.json"
+        (run_dir / summary).write_text(json.dumps({"wall_seconds": wall, **metrics}, indent=2))
         log.info("%s done in %.1f min: %s -> %s", args.stage, wall / 60, json.dumps(metrics), out)
         if args.export:
             if world_def is None:

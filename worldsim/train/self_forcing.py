@@ -67,6 +67,8 @@ class SelfForcingConfig:
     """Weight of the head loss (heads re-fit on ground-truth frames; backbone not touched)."""
     term_boost: float = 0.1
     """Share of clips sampled to end on a terminal frame."""
+    refit_heads: bool = True
+    """After training, re-fit the reward/termination heads on the frozen EMA backbone (``worldsim.train.heads``)."""
     save_every: int = 50
     """Steps between resumable checkpoints."""
     seed: int = 0

@@ -1,0 +1,206 @@
+"""Re-fit the reward and termination heads on a frozen backbone.
+
+The heads read the pooled features of a committed (clean) frame. The teacher and the student
+train them alongside the backbone, but Self Forcing moves the backbone with DMD at a small learning
+rate, and heads re-fit along the way lag behind: on CartPole the termination head ended Self Forcing
+at chance (BCE 0.46 against the student's 0.002) and a dreamed episode never ended. So after Self
+Forcing (and as ``worldsim train <world> --stage heads`` for an existing checkpoint) the backbone is
+frozen, its features are computed once over the recorded episodes, and only the two small heads are
+trained on them. Held-out (``val``) metrics are measured before and after; the new heads are kept
+only if they are better there.
+
+Features come from a full causal forward over windows of ``clip_len`` clean frames: the same
+attention pattern as the engine's commit pass (each frame sees itself and the frames before it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from worldsim.model.denoiser import CausalDenoiser, DenoiserOutput
+from worldsim.train.data import AlignedEpisode
+from worldsim.train.losses import head_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadFitConfig:
+    steps: int = 1500
+    """Optimizer steps on the cached features (each a random minibatch)."""
+    batch: int = 2048
+    """Frames per minibatch."""
+    lr: float = 1e-3
+    clip_len: int = 8
+    """Window length of the feature forward (clean frames, causal attention)."""
+    forward_batch: int = 32
+    """Windows per backbone forward."""
+    max_windows: int = 6000
+    """Cap on the training windows (every window that ends an episode is always kept)."""
+    pos_weight: float = 10.0
+    """Up-weighting of terminal frames in the BCE (as in the teacher and student stages)."""
+    threshold: float = 0.5
+    """Termination probability above which a frame counts as an episode end (for the metrics)."""
+    seed: int = 0
+
+
+@dataclass
+class Features:
+    pooled: torch.Tensor  # (M, D)
+    reward: torch.Tensor  # (M,)
+    terminated: torch.Tensor  # (M,) bool
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+
+def _windows(eps: list[AlignedEpisode], T: int) -> list[tuple[int, int]]:
+    """(episode, start) windows tiling every episode; the last one ends on the episode's last frame."""
+    out = []
+    for i, e in enumerate(eps):
+        n = len(e)
+        if n < T:
+            continue
+        starts = list(range(0, n - T + 1, T))
+        if starts[-1] != n - T:
+            starts.append(n - T)
+        out += [(i, s) for s in starts]
+    return out
+
+
+@torch.no_grad()
+def features(
+    model: CausalDenoiser,
+    eps: list[AlignedEpisode],
+    cfg: HeadFitConfig,
+    device: torch.device,
+    max_windows: int | None = None,
+) -> Features:
+    """Pooled backbone features of every action-conditioned frame of (a sample of) the episodes' windows.
+
+    ``eps`` carry codec latents (see ``encode_episodes``). A frame covered by two windows (an
+    episode's last, end-aligned window) is taken from each; that only repeats a few frames.
+    """
+    T = cfg.clip_len
+    wins = _windows(eps, T)
+    if max_windows is not None and len(wins) > max_windows:
+        rng = np.random.default_rng(cfg.seed)
+        ends = [w for w in wins if w[1] == len(eps[w[0]]) - T]
+        rest = [w for w in wins if w[1] != len(eps[w[0]]) - T]
+        pick = rng.choice(len(rest), size=max(0, max_windows - len(ends)), replace=False)
+        wins = ends + [rest[j] for j in sorted(pick)]
+    model.eval()
+    pooled, rew, term = [], [], []
+    for k in range(0, len(wins), cfg.forward_batch):
+        chunk = wins[k : k + cfg.forward_batch]
+        x = torch.from_numpy(np.stack([eps[i].frames[s : s + T] for i, s in chunk])).to(device)
+        a = torch.from_numpy(np.stack([eps[i].actions[s : s + T] for i, s in chunk])).to(device)
+        has = torch.from_numpy(np.stack([eps[i].has_action[s : s + T] for i, s in chunk])).to(device)
+        out = model(x.float(), torch.zeros(x.shape[:2], device=device), a, has)
+        keep = has.reshape(-1)
+        pooled.append(out.pooled.reshape(-1, out.pooled.shape[-1])[keep].float().cpu())  # (n, D)
+        rew.append(torch.from_numpy(np.stack([eps[i].rewards[s : s + T] for i, s in chunk])).reshape(-1)[keep.cpu()])
+        term.append(
+            torch.from_numpy(np.stack([eps[i].terminated[s : s + T] for i, s in chunk])).reshape(-1)[keep.cpu()]
+        )
+    return Features(torch.cat(pooled), torch.cat(rew).float(), torch.cat(term).bool())
+
+
+@torch.no_grad()
+def head_metrics(model: CausalDenoiser, f: Features, cfg: HeadFitConfig) -> dict[str, float]:
+    """Reward MSE, termination BCE, and episode-end precision / recall at ``cfg.threshold``."""
+    reward_head = copy.deepcopy(model.reward_head).cpu().float()
+    term_head = copy.deepcopy(model.term_head).cpu().float()
+    out = _apply(reward_head, term_head, f.pooled)
+    loss, m = head_loss(out, f.reward, f.terminated, torch.ones_like(f.terminated), cfg.pos_weight)
+    pred = torch.sigmoid(out.term_logit) > cfg.threshold
+    tp = int((pred & f.terminated).sum())
+    m.update(
+        loss=loss.item(),
+        true_ends=float(f.terminated.sum()),
+        predicted_ends=float(pred.sum()),
+        end_precision=tp / max(1, int(pred.sum())),
+        end_recall=tp / max(1, int(f.terminated.sum())),
+    )
+    nz = f.reward != 0
+    if nz.any():
+        m["reward_sign_acc"] = float((torch.sign(out.reward[nz]) == torch.sign(f.reward[nz])).float().mean())
+    return m
+
+
+def _apply(reward_head: torch.nn.Module, term_head: torch.nn.Module, pooled: torch.Tensor) -> DenoiserOutput:
+    return DenoiserOutput(
+        v=pooled.new_zeros(0),
+        reward=reward_head(pooled).squeeze(-1),
+        term_logit=term_head(pooled).squeeze(-1),
+        pooled=pooled,
+    )
+
+
+def fit_heads(
+    cfg: HeadFitConfig,
+    model: CausalDenoiser,
+    train_eps: list[AlignedEpisode],
+    val_eps: list[AlignedEpisode],
+    device: torch.device,
+) -> dict[str, float]:
+    """Train ``model.reward_head`` and ``model.term_head`` on frozen features; keep them if val improves.
+
+    Returns the val metrics before (``before_*``) and after (``heads_*``) and whether the new heads
+    were kept (``heads_kept``).
+    """
+    torch.manual_seed(cfg.seed)
+    tr = features(model, train_eps, cfg, device, cfg.max_windows)
+    va = features(model, val_eps, cfg, device)
+    before = head_metrics(model, va, cfg)
+    log.info(
+        "heads: %d train frames (%d ends), %d val frames (%d ends); val before %s",
+        len(tr),
+        int(tr.terminated.sum()),
+        len(va),
+        int(va.terminated.sum()),
+        _fmt(before),
+    )
+    reward_head = copy.deepcopy(model.reward_head).cpu().float().train().requires_grad_(True)
+    term_head = copy.deepcopy(model.term_head).cpu().float().train().requires_grad_(True)
+    params = [*reward_head.parameters(), *term_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    g = torch.Generator().manual_seed(cfg.seed)
+    ones = torch.ones(min(cfg.batch, len(tr)), dtype=torch.bool)
+    for _ in range(cfg.steps):
+        idx = torch.randint(len(tr), (min(cfg.batch, len(tr)),), generator=g)
+        out = _apply(reward_head, term_head, tr.pooled[idx])
+        loss, _ = head_loss(out, tr.reward[idx], tr.terminated[idx], ones, cfg.pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    old = (copy.deepcopy(model.reward_head), copy.deepcopy(model.term_head))
+    dev_dtype = next(model.reward_head.parameters())
+    model.reward_head.load_state_dict(reward_head.state_dict())
+    model.term_head.load_state_dict(term_head.state_dict())
+    model.reward_head.to(dev_dtype.device, dev_dtype.dtype)
+    model.term_head.to(dev_dtype.device, dev_dtype.dtype)
+    after = head_metrics(model, va, cfg)
+    kept = after["loss"] <= before["loss"]
+    if not kept:
+        model.reward_head.load_state_dict(old[0].state_dict())
+        model.term_head.load_state_dict(old[1].state_dict())
+        log.warning("heads: re-fit heads are worse on val (%s); keeping the old ones", _fmt(after))
+    else:
+        log.info("heads: val after %s", _fmt(after))
+    return {
+        **{f"before_{k}": v for k, v in before.items()},
+        **{f"heads_{k}": v for k, v in after.items()},
+        "heads_kept": float(kept),
+    }
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in m.items())
