@@ -17,8 +17,6 @@ of the real rewards over the frameskip, as recorded.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,33 +53,6 @@ class Args:
     """Seed for PPO, the neural world and the real game's episodes."""
     device: str = ""
     """Torch device for the world model ("" = CUDA if available, else CPU)."""
-
-
-def parse() -> Args:
-    """tyro if it is installed, else a tiny argparse built from the dataclass (docstrings as help)."""
-    try:
-        import tyro
-    except ImportError:
-        pass
-    else:
-        return tyro.cli(Args, description=__doc__)
-    import ast
-    import inspect
-
-    # Field docstrings are the string literals right after each field in the class body.
-    docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(Args)).body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        flag, help_ = "--" + f.name.replace("_", "-"), f"{docs.get(f.name, '')} (default: {f.default!r})"
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=help_)
-    return Args(**vars(p.parse_args()))
 
 
 def make_dream(args: Args):  # type: ignore[no-untyped-def]
@@ -192,4 +163,6 @@ def main(args: Args) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse())
+    from worldsim.script_args import parse_args
+
+    main(parse_args(Args, __doc__))

@@ -244,3 +244,40 @@ def test_dream_to_real_example_runs(tiny_world_path: Path, monkeypatch: pytest.M
     res = mod.main(args)
     assert set(res) == {"dream_trained", "dream_random", "real_trained", "real_random"}
     assert all(np.isfinite(v) for v in res.values()) and res["real_random"] > 0
+
+
+def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/dream_states.py on a tiny world: dream and real rollouts, a range per state component."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "dream_states.py"
+    spec = importlib.util.spec_from_file_location("dream_states", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "dream_states", mod)
+    spec.loader.exec_module(mod)
+    res = mod.main(mod.Args(world_path=str(tiny_world_path), rows=2, frames=6))
+    assert len(res["dream_ends"]) == 2 and len(res["real_ends"]) == 2
+    lo, hi = res["pole_angle"]["real"]
+    assert -0.5 < lo <= hi < 0.5  # the real game's pole, read off real frames
+
+
+def test_script_args_from_dataclass() -> None:
+    """Example scripts' flags come from their Args dataclass, with the field docstrings as help."""
+    from dataclasses import dataclass
+
+    from worldsim.script_args import field_docs, parse_args
+
+    @dataclass
+    class Args:
+        total_timesteps: int = 10
+        """PPO steps."""
+        render: bool = False
+        """Show a window."""
+        name: str = "x"
+
+    assert field_docs(Args) == {"total_timesteps": "PPO steps.", "render": "Show a window."}
+    a = parse_args(Args, argv=["--total-timesteps", "7", "--render"])
+    assert a == Args(total_timesteps=7, render=True, name="x")
+    with pytest.raises(SystemExit):
+        parse_args(Args, argv=["--total-timesteps", "seven"])
