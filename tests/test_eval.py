@@ -309,3 +309,18 @@ def test_eval_bad_input(tmp_path: Path, tiny_world_path: Path, cartpole_data: Pa
     assert "names" in capsys.readouterr().err
     assert main([*base[:-4], "--data", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "no recorded data" in capsys.readouterr().err
+
+
+def test_eval_of_your_own_game(tmp_path: Path, tiny_world_path: Path, cartpole_data: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A world that is not bundled is scored on pixels, rewards and ends from its recording alone."""
+    from worldsim.cli import main
+
+    argv = ["eval", str(tiny_world_path), "--world", "my-game", "--episodes", "1", "--horizon", "6"]
+    argv += ["--horizons", "1,6", "--out", str(tmp_path), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "not a bundled world: pass --data" in capsys.readouterr().err
+    assert main([*argv, "--data", str(cartpole_data)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    m = next(iter(res["models"].values()))
+    assert len(m["curves"]["psnr"]) == 6 and not any(k.endswith("_err") for k in m["curves"])
+    assert "my-game" in (tmp_path / "report.md").read_text()

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", help="world checkpoints (.safetensors) or bundled world names")
-    parser.add_argument("--world", required=True, help="bundled world: its real game, state reader and default data")
+    parser.add_argument("--world", required=True, help="bundled world (its state reader scores positions; default data data/<world>), or any name with --data")
     parser.add_argument("--names", default=None, help="comma-separated model names (default: checkpoint folder names)")
     parser.add_argument("--data", type=Path, default=None, help="recorded data set (default data/<world>)")
     parser.add_argument("--split", default="test", choices=("test", "val", "train"), help="held-out split")
@@ -157,7 +157,14 @@ def run(args: argparse.Namespace) -> int:
     from worldsim.worlds import get_world, world_path
 
     t_start = time.time()
-    wd = get_world(args.world)
+    try:
+        wd = get_world(args.world)
+        reader, state_names, true_state = wd.state_reader, tuple(wd.state_names), wd.true_state
+    except KeyError:
+        # Your own game: pixels, rewards and episode ends are scored; no state reader, no control probes.
+        if args.data is None:
+            raise ValueError(f"{args.world!r} is not a bundled world: pass --data with its recording") from None
+        reader, state_names, true_state = None, (), None
     names = _names(args)
     horizons = sorted({int(h) for h in str(args.horizons).split(",") if h.strip()})
     if args.horizon < 1 or args.episodes < 1 or any(h < 1 for h in horizons):
@@ -179,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
     if not eps:
         raise ValueError(f"no episode of {data} is longer than the {start} context frames")
     H = args.horizon
-    reader, state_names = wd.state_reader, tuple(wd.state_names)
     S = len(state_names)
     ref = reference(eps, start, H, args.tol)
     n_per_h = ref.valid.sum(0)
@@ -264,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"n": n_per_h, "floors": floors}
     game = None
     if reader is not None and (not args.no_control or not args.no_divergence):
-        game = RealGame.from_manifest(manifest, spec, wd.true_state)
+        game = RealGame.from_manifest(manifest, spec, true_state)
     deltas: dict[str, np.ndarray] = {}
     if game is not None and reader is not None and not args.no_control:
         probes = pick_probes(eps, start - 1, args.control_k, args.probes, seed=args.seed)
