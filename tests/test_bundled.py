@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import worldsim
-from worldsim.data.frames import preprocess
+from worldsim.eval.metrics import psnr
+from worldsim.testing import real_episode
 from worldsim.worlds import get_world
 
 pytestmark = pytest.mark.slow
@@ -32,26 +33,14 @@ def world() -> Any:
     return worldsim.WorldModel.load(WORLD.checkpoint, device="cpu")
 
 
+def _balance(env: Any, rng: np.random.Generator) -> int:
+    """A balancing controller (the recorded data is mostly such play)."""
+    x, x_dot, theta, theta_dot = env.unwrapped.state
+    return int(theta + 0.5 * theta_dot + 0.05 * x_dot > 0)
+
+
 def _real_episode(seed: int, steps: int) -> tuple[np.ndarray, list[int]]:
-    """The real game's 64x64 frames (the recorder's crop, resize and frameskip) under a balancing
-    controller (the recorded data is mostly such play), and the actions taken."""
-    env = gym.make(WORLD.env_id, render_mode="rgb_array")
-    env.reset(seed=seed)
-    frames, actions = [preprocess(env.render(), WORLD.crop)], []
-    for _ in range(steps):
-        x, x_dot, theta, theta_dot = env.unwrapped.state
-        a = int(theta + 0.5 * theta_dot + 0.05 * x_dot > 0)
-        for _ in range(WORLD.frameskip):
-            env.step(a)
-        frames.append(preprocess(env.render(), WORLD.crop))
-        actions.append(a)
-    env.close()
-    return np.stack(frames), actions
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+    return real_episode(WORLD, seed, steps, _balance)
 
 
 def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
@@ -63,8 +52,8 @@ def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
         s.reset(frames=real[:K], actions=np.array([0, *acts[: K - 1]]))
         gen = np.stack([s.step([a]).frames[0] for a in acts[K - 1 : K + 9]])  # frames K .. K+9
         target = real[K : K + 10]
-        psnr1.append(_psnr(gen[0], target[0]))
-        psnr10.append(_psnr(gen[9], target[9]))
+        psnr1.append(float(psnr(gen[0], target[0])))
+        psnr10.append(float(psnr(gen[9], target[9])))
         angle_err.append(np.abs(WORLD.state_reader(gen)[:, 1] - WORLD.state_reader(target)[:, 1]).mean())
     assert np.mean(psnr1) > 26.0, psnr1
     assert np.mean(psnr10) > 20.0, psnr10

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import worldsim
-from worldsim.data.frames import preprocess
+from worldsim.eval.metrics import psnr
+from worldsim.testing import real_episode
 from worldsim.worlds import get_world
 
 pytestmark = pytest.mark.slow
@@ -35,40 +36,29 @@ def world() -> Any:
 
 
 def _real_episode(seed: int, steps: int) -> tuple[np.ndarray, list[int]]:
-    """The real game's 64x64 frames (the recorder's crop and resize) under sticky random play
-    (actions held for a few frames, like the recorded ``sticky`` policy), and the actions taken."""
-    env = WORLD.make_env()
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    frames, actions, a = [preprocess(env.render(), WORLD.crop)], [], NOOP
-    for _ in range(steps):
+    """Sticky random play: now and then a new random action, held (like the recorded ``sticky`` policy)."""
+    held = [NOOP]
+
+    def sticky(env: Any, rng: np.random.Generator) -> int:
         if rng.random() < 0.2:
-            a = int(rng.integers(18))
-        for _ in range(WORLD.frameskip):
-            env.step(a)
-        frames.append(preprocess(env.render(), WORLD.crop))
-        actions.append(a)
-    env.close()
-    return np.stack(frames), actions
+            held[0] = int(rng.integers(18))
+        return held[0]
 
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+    return real_episode(WORLD, seed, steps, sticky)
 
 
 def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
     K = world.config.context_frames
     psnr1, psnr10, pos_err = [], [], []
     for seed in range(4):
-        real, acts = _real_episode(seed, 30 + K)  # real[i + 1] follows acts[i]; start 30 frames in
-        s0 = 30
+        s0 = 30  # start 30 frames into the bout
+        real, acts = _real_episode(seed, s0 + K + 10)  # real[i + 1] follows acts[i]
         s = world.session(1, seed=seed)
         s.reset(frames=real[s0 : s0 + K], actions=np.array([0, *acts[s0 : s0 + K - 1]]))
         gen = np.stack([s.step([a]).frames[0] for a in acts[s0 + K - 1 : s0 + K + 9]])
         target = real[s0 + K : s0 + K + 10]
-        psnr1.append(_psnr(gen[0], target[0]))
-        psnr10.append(_psnr(gen[9], target[9]))
+        psnr1.append(float(psnr(gen[0], target[0])))
+        psnr10.append(float(psnr(gen[9], target[9])))
         pos_err.append(np.nanmean(np.abs(WORLD.state_reader(gen) - WORLD.state_reader(target))))
     assert np.mean(psnr1) > 22.0, psnr1
     assert np.mean(psnr10) > 17.0, psnr10

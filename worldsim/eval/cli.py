@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", help="world checkpoints (.safetensors) or bundled world names")
-    parser.add_argument("--world", required=True, help="bundled world (its state reader scores positions; default data data/<world>), or any name with --data")
+    parser.add_argument(
+        "--world",
+        required=True,
+        help="bundled world (its state reader scores positions; default data data/<world>), or any name with --data",
+    )
     parser.add_argument("--names", default=None, help="comma-separated model names (default: checkpoint folder names)")
     parser.add_argument("--data", type=Path, default=None, help="recorded data set (default data/<world>)")
     parser.add_argument("--split", default="test", choices=("test", "val", "train"), help="held-out split")
