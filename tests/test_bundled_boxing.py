@@ -60,9 +60,9 @@ def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
         psnr1.append(float(psnr(gen[0], target[0])))
         psnr10.append(float(psnr(gen[9], target[9])))
         pos_err.append(np.nanmean(np.abs(WORLD.state_reader(gen) - WORLD.state_reader(target))))
-    assert np.mean(psnr1) > 22.0, psnr1
-    assert np.mean(psnr10) > 17.0, psnr10
-    assert np.nanmean(pos_err) < 12.0, pos_err  # game units (a ring is about 80 wide), both boxers
+    assert np.mean(psnr1) > 21.0, psnr1  # measured: mean 24.5 dB at 1 frame, 19.4 at 10, error 8.8
+    assert np.mean(psnr10) > 16.5, psnr10
+    assert np.nanmean(pos_err) < 13.0, pos_err  # game units (a ring is about 80 wide), both boxers
 
 
 @pytest.mark.parametrize(("a", "b", "axis"), [(RIGHT, LEFT, 0), (DOWN, UP, 1)])
@@ -77,7 +77,7 @@ def test_keys_move_the_players_boxer(world: Any, a: int, b: int, axis: int) -> N
         frames = np.stack([s.step([action]).frames[0] for _ in range(10)])
         ends.append(WORLD.state_reader(frames[-3:])[:, axis].mean())  # player_x or player_y
     assert np.isfinite(ends).all()
-    assert ends[0] - ends[1] > 4.0, ends
+    assert ends[0] - ends[1] > 15.0, ends  # measured 35 (x) and 51 (y)
 
 
 def test_gymnasium_checker_and_vector_env() -> None:
