@@ -209,7 +209,6 @@ def _run_stage(args: argparse.Namespace) -> int:
     val_eps, _ = load_aligned(data, "val")
     provenance: dict[str, Any] = {}
 
-    heads_cfg = _build(HeadFitConfig, recipe.get("heads", {}), sets.get("heads", {}))
     if args.stage == "codec":
         wcfg = world_config(args.world, spec, fps, recipe, sets)
         world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume)
@@ -245,6 +244,7 @@ def _run_stage(args: argparse.Namespace) -> int:
             teacher = WorldModel.load(root / "teacher" / "world.safetensors", device=device, dtype=torch.float32)
             metrics = train_self_forcing(stage_cfg, world, teacher, sampler, run_dir, device, d, args.resume, args.mode)
             if stage_cfg.refit_heads and d.main:
+                heads_cfg = _build(HeadFitConfig, recipe.get("heads", {}), sets.get("heads", {}))
                 lat_val = encode_episodes(world.codec, val_eps, device)
                 metrics.update(fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device))
     wall = time.time() - t0

@@ -102,21 +102,36 @@ def features(
         a = torch.from_numpy(np.stack([eps[i].actions[s : s + T] for i, s in chunk])).to(device)
         has = torch.from_numpy(np.stack([eps[i].has_action[s : s + T] for i, s in chunk])).to(device)
         out = model(x.float(), torch.zeros(x.shape[:2], device=device), a, has)
-        keep = has.reshape(-1)
-        pooled.append(out.pooled.reshape(-1, out.pooled.shape[-1])[keep].float().cpu())  # (n, D)
-        rew.append(torch.from_numpy(np.stack([eps[i].rewards[s : s + T] for i, s in chunk])).reshape(-1)[keep.cpu()])
-        term.append(
-            torch.from_numpy(np.stack([eps[i].terminated[s : s + T] for i, s in chunk])).reshape(-1)[keep.cpu()]
-        )
+        keep = has.reshape(-1).cpu()
+        pooled.append(out.pooled.reshape(-1, out.pooled.shape[-1]).float().cpu()[keep])  # (n, D)
+        rew.append(torch.from_numpy(np.stack([eps[i].rewards[s : s + T] for i, s in chunk])).reshape(-1)[keep])
+        term.append(torch.from_numpy(np.stack([eps[i].terminated[s : s + T] for i, s in chunk])).reshape(-1)[keep])
     return Features(torch.cat(pooled), torch.cat(rew).float(), torch.cat(term).bool())
 
 
+class Heads(torch.nn.Module):
+    """A float32 CPU copy of a denoiser's reward and termination heads (trained on cached features)."""
+
+    def __init__(self, model: CausalDenoiser) -> None:
+        super().__init__()
+        self.reward_head = copy.deepcopy(model.reward_head).cpu().float()
+        self.term_head = copy.deepcopy(model.term_head).cpu().float()
+
+
+def head_outputs(heads: CausalDenoiser | Heads, pooled: torch.Tensor) -> DenoiserOutput:
+    """The heads' outputs on pooled features (B, T, D) or (M, D); ``v`` is left empty."""
+    return DenoiserOutput(
+        v=pooled.new_zeros(0),
+        reward=heads.reward_head(pooled).squeeze(-1),
+        term_logit=heads.term_head(pooled).squeeze(-1),
+        pooled=pooled,
+    )
+
+
 @torch.no_grad()
-def head_metrics(model: CausalDenoiser, f: Features, cfg: HeadFitConfig) -> dict[str, float]:
+def head_metrics(heads: Heads, f: Features, cfg: HeadFitConfig) -> dict[str, float]:
     """Reward MSE, termination BCE, and episode-end precision / recall at ``cfg.threshold``."""
-    reward_head = copy.deepcopy(model.reward_head).cpu().float()
-    term_head = copy.deepcopy(model.term_head).cpu().float()
-    out = _apply(reward_head, term_head, f.pooled)
+    out = head_outputs(heads, f.pooled)
     loss, m = head_loss(out, f.reward, f.terminated, torch.ones_like(f.terminated), cfg.pos_weight)
     pred = torch.sigmoid(out.term_logit) > cfg.threshold
     tp = int((pred & f.terminated).sum())
@@ -131,15 +146,6 @@ def head_metrics(model: CausalDenoiser, f: Features, cfg: HeadFitConfig) -> dict
     if nz.any():
         m["reward_sign_acc"] = float((torch.sign(out.reward[nz]) == torch.sign(f.reward[nz])).float().mean())
     return m
-
-
-def _apply(reward_head: torch.nn.Module, term_head: torch.nn.Module, pooled: torch.Tensor) -> DenoiserOutput:
-    return DenoiserOutput(
-        v=pooled.new_zeros(0),
-        reward=reward_head(pooled).squeeze(-1),
-        term_logit=term_head(pooled).squeeze(-1),
-        pooled=pooled,
-    )
 
 
 def fit_heads(
@@ -157,7 +163,8 @@ def fit_heads(
     torch.manual_seed(cfg.seed)
     tr = features(model, train_eps, cfg, device, cfg.max_windows)
     va = features(model, val_eps, cfg, device)
-    before = head_metrics(model, va, cfg)
+    heads = Heads(model)
+    before = head_metrics(heads, va, cfg)
     log.info(
         "heads: %d train frames (%d ends), %d val frames (%d ends); val before %s",
         len(tr),
@@ -166,35 +173,27 @@ def fit_heads(
         int(va.terminated.sum()),
         _fmt(before),
     )
-    reward_head = copy.deepcopy(model.reward_head).cpu().float().train().requires_grad_(True)
-    term_head = copy.deepcopy(model.term_head).cpu().float().train().requires_grad_(True)
-    params = [*reward_head.parameters(), *term_head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    heads.train().requires_grad_(True)
+    opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     g = torch.Generator().manual_seed(cfg.seed)
     ones = torch.ones(min(cfg.batch, len(tr)), dtype=torch.bool)
     for _ in range(cfg.steps):
         idx = torch.randint(len(tr), (min(cfg.batch, len(tr)),), generator=g)
-        out = _apply(reward_head, term_head, tr.pooled[idx])
+        out = head_outputs(heads, tr.pooled[idx])
         loss, _ = head_loss(out, tr.reward[idx], tr.terminated[idx], ones, cfg.pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    old = (copy.deepcopy(model.reward_head), copy.deepcopy(model.term_head))
-    dev_dtype = next(model.reward_head.parameters())
-    model.reward_head.load_state_dict(reward_head.state_dict())
-    model.term_head.load_state_dict(term_head.state_dict())
-    model.reward_head.to(dev_dtype.device, dev_dtype.dtype)
-    model.term_head.to(dev_dtype.device, dev_dtype.dtype)
-    after = head_metrics(model, va, cfg)
+    after = head_metrics(heads.eval(), va, cfg)
     kept = after["loss"] <= before["loss"]
-    if not kept:
-        model.reward_head.load_state_dict(old[0].state_dict())
-        model.term_head.load_state_dict(old[1].state_dict())
-        log.warning("heads: re-fit heads are worse on val (%s); keeping the old ones", _fmt(after))
-    else:
+    if kept:  # load_state_dict copies into the model's own tensors: its device and dtype stay
+        model.reward_head.load_state_dict(heads.reward_head.state_dict())
+        model.term_head.load_state_dict(heads.term_head.state_dict())
         log.info("heads: val after %s", _fmt(after))
+    else:
+        log.warning("heads: re-fit heads are worse on val (%s); keeping the old ones", _fmt(after))
     return {
         **{f"before_{k}": v for k, v in before.items()},
         **{f"heads_{k}": v for k, v in after.items()},

@@ -34,6 +34,7 @@ from worldsim.engine.sampler import commit_frame, denoise_frame
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.data import Batch, ClipSampler
+from worldsim.train.heads import head_outputs
 from worldsim.train.loop import Checkpointer, Dist, RunLog, ema_update, sync_grads
 from worldsim.train.losses import add_noise, dmd_loss, flow_loss, head_loss, x0_from_v
 
@@ -180,7 +181,7 @@ def train_self_forcing(
         # Heads: re-fit on ground truth with the backbone's features detached.
         with torch.no_grad():
             pooled = student(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
-        hout = type_out(student, pooled)
+        hout = head_outputs(student, pooled)
         h_loss, hm = head_loss(hout, b.reward, b.terminated, b.has_action)
         opt_g.zero_grad(set_to_none=True)
         (g_loss + cfg.head_weight * h_loss).backward()
@@ -221,15 +222,3 @@ def train_self_forcing(
     student.load_state_dict(ema.state_dict())
     student.eval().requires_grad_(False)
     return {f"sf_{k}": v for k, v in metrics.items()}
-
-
-def type_out(model: CausalDenoiser, pooled: torch.Tensor):  # type: ignore[no-untyped-def]
-    """Head outputs from detached pooled features (only the heads get gradient)."""
-    from worldsim.model.denoiser import DenoiserOutput
-
-    return DenoiserOutput(
-        v=pooled.new_zeros(0),
-        reward=model.reward_head(pooled).squeeze(-1),
-        term_logit=model.term_head(pooled).squeeze(-1),
-        pooled=pooled,
-    )
