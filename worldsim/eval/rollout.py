@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from worldsim.engine.world import WorldModel
+from worldsim.real import RealGame
+from worldsim.real import frames_match as _frames_match
 from worldsim.spaces import ActionSpec
 
 log = logging.getLogger(__name__)
@@ -202,151 +204,12 @@ def rollout(
 
 
 # ---------------------------------------------------------------------------- the real game
-def env_action(spec: ActionSpec, a: np.ndarray) -> Any:
-    """A canonical action -> what the Gymnasium env's ``step`` takes."""
-    if spec.kind == "discrete":
-        return int(np.asarray(a).reshape(()))
-    arr = np.asarray(a).reshape(spec.shape or (spec.n,))
-    return arr.astype(np.float32) if spec.kind == "box" else arr.astype(np.int64)
-
-
-class RealGame:
-    """The recorded real game, stepped exactly as the recorder did: same env id and kwargs, the
-    same time limit, ``frameskip`` env steps per frame (stopping at an episode end), frames
-    cropped and area-resized by :func:`worldsim.data.preprocess`.
-
-    ``snapshot()`` / ``restore()`` branch the game from a state: classic-control envs keep
-    their state in a numeric ``unwrapped.state`` (copied), Atari envs through
-    ``ale.cloneState(include_rng=True)``; other envs return None (replay from the seed instead).
-    """
-
-    def __init__(
-        self,
-        env_id: str,
-        spec: ActionSpec,
-        env_kwargs: dict[str, Any] | None = None,
-        frameskip: int = 1,
-        crop: Sequence[int] | None = None,
-        max_steps: int = 500,
-        true_state: Callable[[Any], np.ndarray] | None = None,
-    ) -> None:
-        import gymnasium as gym
-
-        if env_id.startswith("ALE/"):
-            import ale_py
-
-            gym.register_envs(ale_py)
-        self.spec, self.frameskip = spec, int(frameskip)
-        self.crop = tuple(int(c) for c in crop) if crop is not None else None
-        self.env = gym.make(
-            env_id, render_mode="rgb_array", max_episode_steps=max_steps * self.frameskip, **(env_kwargs or {})
-        )
-        self._true_state = true_state
-        self.env.reset(seed=0)  # some envs only have their state after a reset
-        u: Any = self.env.unwrapped
-        state = getattr(u, "state", None)
-        self.kind = (
-            "vector"
-            if isinstance(state, np.ndarray) and np.issubdtype(state.dtype, np.floating)
-            else "ale"
-            if hasattr(u, "ale")
-            else "replay"
-        )
-
-    @classmethod
-    def from_manifest(
-        cls, manifest: dict[str, Any], spec: ActionSpec, true_state: Callable[[Any], np.ndarray] | None = None
-    ) -> RealGame:
-        return cls(
-            manifest["env_id"],
-            spec,
-            manifest.get("env_kwargs") or {},
-            manifest.get("frameskip", 1),
-            manifest.get("crop"),
-            manifest.get("max_steps", 500),
-            true_state,
-        )
-
-    @classmethod
-    def from_world(cls, world_def: Any, spec: ActionSpec) -> RealGame:
-        return cls(
-            world_def.env_id,
-            spec,
-            dict(world_def.env_kwargs),
-            world_def.frameskip,
-            world_def.crop,
-            world_def.record.max_episode_steps,
-            world_def.true_state,
-        )
-
-    @property
-    def can_perturb(self) -> bool:
-        return self.kind == "vector"
-
-    def frame(self) -> np.ndarray:
-        from worldsim.data.frames import preprocess
-
-        return preprocess(self.env.render(), self.crop)  # type: ignore[arg-type]
-
-    def true_state(self) -> np.ndarray | None:
-        return None if self._true_state is None else np.asarray(self._true_state(self.env), np.float64)
-
-    def reset(self, seed: int | None) -> None:
-        self.env.reset(seed=seed)
-
-    def step(self, action: np.ndarray) -> tuple[float, bool, bool]:
-        """One recorded frame: ``frameskip`` env steps with the action; (reward, terminated, truncated)."""
-        a, total = env_action(self.spec, action), 0.0
-        term = trunc = False
-        for _ in range(self.frameskip):
-            _, r, term, trunc, _ = self.env.step(a)
-            total += float(r)
-            if term or trunc:
-                break
-        return total, bool(term), bool(trunc)
-
-    def replay(self, ep: EvalEpisode, t: int) -> bool:
-        """Reset with the episode's seed and replay its actions up to frame ``t``; False if the
-        game ended on the way (the replay then did not follow the recording)."""
-        if ep.seed is None:
-            raise ValueError("the episode has no recorded seed: the real game cannot be replayed")
-        self.reset(ep.seed)
-        for j in range(1, t + 1):
-            _, term, trunc = self.step(ep.actions[j])
-            if (term or trunc) and j < t:
-                return False
-        return True
-
-    def snapshot(self) -> Any:
-        u: Any = self.env.unwrapped
-        elapsed = self.env.get_wrapper_attr("_elapsed_steps")
-        if self.kind == "vector":
-            return ("vector", np.array(u.state, copy=True), getattr(u, "steps_beyond_terminated", None), elapsed)
-        if self.kind == "ale":
-            return ("ale", u.ale.cloneState(include_rng=True), None, elapsed)
-        return None
-
-    def restore(self, snap: Any) -> None:
-        kind, state, extra, elapsed = snap
-        u: Any = self.env.unwrapped
-        if kind == "vector":
-            u.state = np.array(state, copy=True)
-            if hasattr(u, "steps_beyond_terminated"):
-                u.steps_beyond_terminated = extra
-        else:
-            u.ale.restoreState(state)
-        self.env.set_wrapper_attr("_elapsed_steps", elapsed)
-
-    def perturb(self, delta: np.ndarray) -> None:
-        u: Any = self.env.unwrapped
-        u.state = np.asarray(u.state, np.float64) + delta
-
-    def close(self) -> None:
-        self.env.close()
-
-
-def _frames_match(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1)
+def replay(game: RealGame, ep: EvalEpisode, t: int) -> bool:
+    """Reset the real game with the episode's seed and replay its actions up to frame ``t``;
+    False if the game ended on the way (the replay then did not follow the recording)."""
+    if ep.seed is None:
+        raise ValueError("the episode has no recorded seed: the real game cannot be replayed")
+    return game.replay_actions(ep.seed, [ep.actions[j] for j in range(1, t + 1)])
 
 
 # ---------------------------------------------------------------------------- control
@@ -446,7 +309,7 @@ def real_control(
     out, held = np.full((P, A, S), np.nan), np.zeros((P, A), np.int64)
     for p, (i, t) in enumerate(probes):
         ep = episodes[i]
-        if game.replay(ep, t) and _frames_match(game.frame(), ep.frames[t]):
+        if replay(game, ep, t) and _frames_match(game.frame(), ep.frames[t]):
             checks["replay_ok"] += 1
             base = reader(ep.frames[t][None])[0]
             snap = game.snapshot()
@@ -455,7 +318,7 @@ def real_control(
                     if snap is not None:
                         game.restore(snap)
                     else:
-                        game.replay(ep, t)
+                        replay(game, ep, t)
                 for step in range(k):
                     _, term, trunc = game.step(actions[a])
                     if step == 0 and np.array_equal(actions[a], ep.actions[t + 1]):
@@ -495,10 +358,11 @@ def real_divergence(
     read_d, true_d, read_err = [], [], []
     frames_checked = frames_ok = 0
     for ep in episodes:
-        if ep.seed is None or not game.replay(ep, start - 1):
+        if ep.seed is None or not replay(game, ep, start - 1):
             continue
         snap = game.snapshot()
-        delta = eps * rng.choice([-1.0, 1.0], size=np.shape(snap[1]))
+        assert snap is not None  # can_perturb: a state vector
+        delta = eps * rng.choice([-1.0, 1.0], size=np.shape(snap.state))
         runs: list[tuple[list[np.ndarray], list[Any]]] = []
         for perturb in (False, True):
             game.restore(snap)
