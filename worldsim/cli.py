@@ -3,6 +3,11 @@
 Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
 ``main(args) -> int``. Only the chosen subcommand's module is imported, so ``worldsim play``
 does not pay for gRPC or training imports.
+
+Errors: an *expected* error (a bad or corrupt file, a bad flag value, a port in use, a missing
+optional dependency: see :func:`expected_error`) ends any command with ONE line on stderr,
+``worldsim <command>: <problem and fix>``, and exit code 2; ``-v`` adds the traceback. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "worlds": ("worldsim.worlds", "list the bundled worlds and where their checkpoints are"),
     "record": ("worldsim.data.record", "record episodes of a real Gymnasium game"),
+    "data-check": ("worldsim.data.diagnostic", "can a world learn the actions from this recording? (predictability)"),
     "train": ("worldsim.train.cli", "train a world: codec, teacher, student, self-forcing"),
     "eval": ("worldsim.eval.cli", "compare world checkpoints against the real game"),
     "bench": ("worldsim.bench", "measure frames/s, latency, memory and FLOPs"),
@@ -30,8 +37,73 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# The project's error types for a user's mistake, as (module, class): checked only when the module
+# is already imported (an error cannot be of a type nobody imported), so this costs no imports.
+_EXPECTED = (
+    ("worldsim.checkpoint", "CheckpointError"),
+    ("worldsim.spaces", "ActionError"),
+    ("worldsim.data.record", "RecordError"),
+    ("worldsim.data.policies", "PolicyError"),
+    ("worldsim.real", "RealGameError"),
+    ("worldsim.play.recorder", "RecorderError"),
+    ("worldsim.client", "RemoteError"),
+)
+# Optional dependencies -> the extra that installs them.
+_EXTRAS = {
+    "ale_py": "atari",
+    "flash_attn": "cuda",
+    "stable_baselines3": "sb3",
+    "matplotlib": "eval",
+    "imageio": "video",
+    "imageio_ffmpeg": "video",
+    "PIL": "serve",
+    "grpc_tools": "dev",
+}
+
+
+def expected_error(e: BaseException) -> str | None:
+    """The one-line message for an expected error, None for a bug (which keeps its traceback)."""
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, str) else None
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        extra = _EXTRAS.get(e.name.split(".")[0])
+        fix = f"pip install 'worldsim[{extra}]'" if extra else f"install the {e.name.split('.')[0]} package"
+        return f"{e}: {fix}"
+    for module, name in _EXPECTED:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(e, cls):
+            return str(e)
+    if isinstance(e, (OSError, ImportError, ValueError)):  # files, ports, extras, flag values
+        return str(e) or type(e).__name__
+    return None
+
+
+def _one_line(command: str, message: str) -> str:
+    text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    prefix = f"worldsim {command}: "
+    return text if text.startswith(prefix) else prefix + text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    verbose = any(a in ("-v", "--verbose") for a in argv[1:])
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print(f"worldsim {command}: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - sorted into expected errors and bugs below
+        message = expected_error(e)
+        if message is None:  # a bug, or argparse's own exit (--help, usage error) with its code
+            raise
+        if verbose:
+            traceback.print_exc()
+        print(_one_line(command, message), file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -120,9 +120,17 @@ class WorldModel(torch.nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        verify: bool = True,
     ) -> WorldModel:
-        """Load a world checkpoint; device defaults to CUDA if available, dtype to fp32/bf16."""
+        """Load a world checkpoint; device defaults to CUDA if available, dtype to fp32/bf16.
+
+        ``verify``: check the tensor data against the file's SHA-256 and that every weight is
+        finite (``checkpoint.verify_tensors``); False skips both (huge files, trusted copies).
+        """
         tensors, meta = ckpt.load_file(path)
         try:
             config = ckpt.from_jsonable(WorldConfig, meta["config"])
@@ -134,6 +142,8 @@ class WorldModel(torch.nn.Module):
         for name in ("start.frames", "start.actions"):
             if name not in tensors:
                 raise ckpt.CheckpointError(f"{path}: missing tensor(s) {name}")
+        if verify:
+            ckpt.verify_tensors(tensors, meta, path)
         world.start_frames = tensors["start.frames"]
         world.start_actions = tensors["start.actions"]
         world.provenance = meta.get("provenance", {})
