@@ -67,6 +67,9 @@ class WorldDef:
     """Names of the K state components the reader returns."""
     true_state: Callable[[Any], np.ndarray] | None = None
     """real env -> the same K state components from the game's internals (for checking readers)."""
+    state_done: Callable[[np.ndarray], np.ndarray] | None = None
+    """states (T, K) from the reader -> (T,) bool: the real game ends there (its bounds), e.g.
+    CartPole's |x| > 2.4 or |angle| > 0.2095; control fidelity ends world episodes with it."""
     train: dict[str, Any] = field(default_factory=dict)
     """Per-stage config overrides for ``worldsim train`` (``{"codec": {...}, "teacher": {...}}``)."""
     directory: Path = Path(".")

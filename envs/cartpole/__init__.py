@@ -9,7 +9,7 @@ played at 25 fps, i.e. real time.
 
 from worldsim.worlds import RecordRecipe, WorldDef
 
-from .reader import read_state, true_state
+from .reader import read_state, state_done, true_state
 
 WORLD = WorldDef(
     name="cartpole",
@@ -32,6 +32,7 @@ WORLD = WorldDef(
     state_reader=read_state,
     state_names=("cart_x", "pole_angle"),
     true_state=true_state,
+    state_done=state_done,
     # The recipe `worldsim train cartpole --stage all --baselines` runs on a 2-core CPU (~2 h in all).
     train={
         "codec": {"steps": 1200, "batch": 32},

@@ -63,3 +63,14 @@ def read_state(frames: np.ndarray) -> np.ndarray:
 def true_state(env: Any) -> np.ndarray:
     s = env.unwrapped.state
     return np.array([s[0], s[2]], np.float32)
+
+
+X_LIMIT, ANGLE_LIMIT = 2.4, 12 * 2 * np.pi / 360  # CartPole-v1's termination bounds (0.2095 rad)
+
+
+def state_done(states: np.ndarray) -> np.ndarray:
+    """states (T, 2) (cart x, pole angle) -> (T,) bool: the real game would have ended there
+    (|x| > 2.4 or |angle| > 0.2095 rad). Unreadable (NaN) components never end an episode."""
+    s = np.asarray(states, np.float64)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(s[:, 0]) > X_LIMIT) | (np.abs(s[:, 1]) > ANGLE_LIMIT)

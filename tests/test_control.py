@@ -1,0 +1,117 @@
+"""Control fidelity against the real game: exact when the "world" is the real game itself, chance
+for a world that ignores its actions, and the real game's snapshots restore exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from worldsim.eval.control import (
+    Branches,
+    RealSide,
+    StartState,
+    WorldSide,
+    collect_starts,
+    held_runs,
+    probe_actions,
+    random_runs,
+)
+from worldsim.eval.fidelity import PIXELS, ControlFidelity, held_fidelity, random_fidelity, targets
+from worldsim.real import RealGame
+from worldsim.worlds import get_world
+
+
+class ConstantActions:
+    """A side that ignores the actions it is given: every row gets ``action`` instead."""
+
+    def __init__(self, inner: RealSide | WorldSide, action: int) -> None:
+        self.inner, self.action = inner, action
+
+    def run(self, starts: Sequence[StartState], actions: np.ndarray) -> Branches:
+        return self.inner.run(starts, np.full_like(actions, self.action))
+
+
+@pytest.fixture(scope="module")
+def cartpole():  # type: ignore[no-untyped-def]
+    import gymnasium as gym
+
+    from worldsim.spaces import ActionSpec
+
+    wd = get_world("cartpole")
+    spec = ActionSpec.from_space(gym.spaces.Discrete(2))
+    game = RealGame.from_world(wd, spec)
+    yield wd, game, spec
+    game.close()
+
+
+def test_snapshot_restores_the_real_game(cartpole) -> None:  # type: ignore[no-untyped-def]
+    _, game, _ = cartpole
+    game.reset(3)
+    game.step(1)
+    snap = game.snapshot()
+    assert snap is not None and game.can_snapshot
+    first = [game.step(a) for a in (0, 0, 1)]
+    f1 = game.frame()
+    game.restore(snap)
+    again = [game.step(a) for a in (0, 0, 1)]
+    assert first == again and np.array_equal(game.frame(), f1)
+    with pytest.raises(Exception, match="reset"):  # stepping past the end names the fix
+        game.reset(0)
+        while not game.step(1).done:
+            pass
+        game.step(1)
+
+
+def test_real_game_as_the_world_is_exact(cartpole) -> None:  # type: ignore[no-untyped-def]
+    wd, game, spec = cartpole
+    real = RealSide(game)
+    starts = collect_starts(game, 6, context=2, seed=0, prefix=(0, 6))
+    assert len({s.seed for s in starts}) == 6 and all(s.frames.shape == (2, 64, 64, 3) for s in starts)
+    runs = held_runs(real, real, starts, probe_actions(spec), k=4)
+    held = held_fidelity(runs, wd.state_reader, wd.state_names)
+    for name in ("cart_x", "pole_angle", PIXELS):
+        v = held.variables[name]
+        assert v.pairs_scored > 0, name
+        assert v.sign_agreement == 1.0 and v.magnitude_ratio == 1.0, name
+        assert all(s == 1.0 for s in v.sign_per_frame if np.isfinite(s)), name
+        assert all(e == 0.0 for e in v.error_per_frame if np.isfinite(e)), name
+    # Pushing right moves the cart right of pushing left, in the real game.
+    assert held.variables["cart_x"].real_effect_per_frame[-1] > 0
+    resets = collect_starts(game, 12, context=2, seed=100, prefix=(0, 0))
+    rnd = random_fidelity(random_runs(real, real, resets, spec, frames=40, seed=1), wd.state_reader, wd.state_done)
+    assert rnd.real_ended == 12 and rnd.real_lengths == rnd.world_lengths  # random CartPole falls within 40 frames
+    assert rnd.termination_within_2 == 1.0 and rnd.end_within_2 == 1.0
+    assert rnd.reader_end_within_2 is not None and rnd.reader_end_within_2 >= 0.75  # the bounds rule, read off pixels
+    fid = ControlFidelity(list(wd.state_names), held, rnd)
+    t = targets(fid, "cartpole", min_episodes=10)
+    assert all(v["pass"] for v in t.values()), t
+
+
+def test_a_world_that_ignores_actions_scores_chance(cartpole, tiny_world) -> None:  # type: ignore[no-untyped-def]
+    wd, game, spec = cartpole
+    real = RealSide(game)
+    starts = collect_starts(game, 24, context=tiny_world.config.context_frames, seed=0, prefix=(0, 6))
+    actions = probe_actions(spec)
+    # The real game with its actions replaced: no response at all, every sign a tie.
+    deaf = held_runs(ConstantActions(real, 0), real, starts, actions, k=3)
+    cart = held_fidelity(deaf, wd.state_reader, wd.state_names).variables["cart_x"]
+    assert cart.pairs_scored > 12 and cart.sign_agreement == 0.5 and cart.magnitude_ratio == 0.0
+    # A random-weight world with its actions replaced: branches differ by noise only, about half agree.
+    world = ConstantActions(WorldSide(tiny_world, seed=0), 0)
+    noisy = held_fidelity(held_runs(world, real, starts, actions, k=3), None, ())
+    v = noisy.variables[PIXELS]
+    assert v.pairs_scored == 24 and 0.25 <= v.sign_agreement <= 0.75, v
+    t = targets(ControlFidelity([], noisy), "my-game")
+    assert list(t) == ["pixels sign agreement"] and not t["pixels sign agreement"]["pass"]
+
+
+def test_world_side_batches_do_not_change_results(cartpole, tiny_world) -> None:  # type: ignore[no-untyped-def]
+    _, game, spec = cartpole
+    starts = collect_starts(game, 3, context=tiny_world.config.context_frames, seed=5)
+    acts = np.random.default_rng(0).integers(0, 2, (3, 4))
+    a = WorldSide(tiny_world, seed=2, batch=3).run(starts, acts)
+    b = WorldSide(tiny_world, seed=2, batch=1).run(starts, acts)
+    assert a.frames.shape == (3, 4, 64, 64, 3) and a.terminated.shape == (3, 4)
+    assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
