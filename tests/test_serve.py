@@ -37,8 +37,8 @@ from worldsim.client import (
 )
 from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldModel
-from worldsim.serve import encoding as enc
-from worldsim.serve._proto import world_pb2 as pb
+from worldsim.wire import encoding as enc
+from worldsim.wire._proto import world_pb2 as pb
 from worldsim.serve.server import BackgroundServer, ServeConfig
 from worldsim.testing import tiny_world
 
@@ -148,11 +148,11 @@ def test_bad_input_gets_its_status_code_and_the_server_keeps_serving(tiny_world_
         errors: list[RemoteError] = []
         cases: list[tuple[Callable[[], object], type[RemoteError], str | None]] = [
             (lambda: env.step(5), InvalidAction, r"\[0, 1\]"),  # out of range, over the Play stream
-            (lambda: env.step(1.5), InvalidAction, "integer"),  # wrong type, caught client side
+            (lambda: env.step(1.5), InvalidAction, "integer"),  # a fraction, refused client side as locally
             (lambda: step(sid, continuous=pb.FloatArray(values=[0.5])), InvalidAction, "does not fit"),
             (lambda: step(sid), InvalidAction, "empty"),
             (lambda: box.step([float("nan"), 0.0]), InvalidAction, "NaN"),
-            (lambda: box.step([0.5]), InvalidAction, r"shape \(B, 2\)"),
+            (lambda: box.step([0.5]), InvalidAction, r"expected one action \(shape \(2,\)\)"),
             (lambda: box.step([3.0, 0.0]), InvalidAction, "outside"),
             (lambda: step("no-such-session", discrete=0), SessionNotFound, "unknown session"),
             (lambda: RemoteWorld(srv.address, "no-such-world"), WorldNotFound, "unknown world"),
@@ -164,8 +164,8 @@ def test_bad_input_gets_its_status_code_and_the_server_keeps_serving(tiny_world_
                 call()
             assert not isinstance(e.value, grpc.RpcError)
             errors.append(e.value)
-        assert [e.code for e in errors if e.reason != "client side"] == (
-            ["INVALID_ARGUMENT"] * 6 + ["NOT_FOUND"] * 2 + ["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"]
+        assert [e.code for e in errors] == (
+            ["INVALID_ARGUMENT"] * 7 + ["NOT_FOUND"] * 2 + ["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"]
         )
         assert errors[0].reason == "ERROR_REASON_INVALID_ACTION"
 
@@ -375,6 +375,6 @@ def test_bench_grpc_smoke() -> None:
 
 def test_stubs_match_proto() -> None:
     pytest.importorskip("grpc_tools")
-    from worldsim.serve.codegen import stale_stubs
+    from worldsim.wire.codegen import stale_stubs
 
-    assert stale_stubs() == [], "run python -m worldsim.serve.codegen"
+    assert stale_stubs() == [], "run python -m worldsim.wire.codegen"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import queue
 import threading
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,100 +26,27 @@ import grpc
 import gymnasium as gym
 import numpy as np
 
-from worldsim.serve import encoding as enc
-from worldsim.serve._proto import world_pb2 as pb
-from worldsim.serve._proto import world_pb2_grpc as pb_grpc
-from worldsim.serve.auth import REASON_KEY
-from worldsim.serve.convert import action_space_from_proto, action_to_proto, context_to_proto
+from worldsim.episodes import default_max_episode_steps, engine_seed
 from worldsim.spaces import ActionError, ActionSpec
-
-
-# ---------------------------------------------------------------------------- errors
-class RemoteError(Exception):
-    """An error reported by (or while talking to) a worldsim server.
-
-    ``code``: the gRPC status name (``"NOT_FOUND"``); ``reason``: the server's ``ErrorReason`` name.
-    """
-
-    def __init__(self, message: str, code: str = "UNKNOWN", reason: str = "") -> None:
-        super().__init__(message)
-        self.code, self.reason = code, reason
-
-
-class WorldNotFound(RemoteError, LookupError):
-    """The server does not host that world (NOT_FOUND)."""
-
-
-class SessionNotFound(RemoteError, LookupError):
-    """The session was closed or evicted after being idle (NOT_FOUND)."""
-
-
-class InvalidAction(RemoteError, ActionError):
-    """The action does not fit the world's action space (INVALID_ARGUMENT); also a ValueError."""
-
-
-class InvalidArgument(RemoteError, ValueError):
-    """Another malformed request, e.g. context frames of the wrong shape (INVALID_ARGUMENT)."""
-
-
-class Unauthenticated(RemoteError, PermissionError):
-    """Missing or wrong token (UNAUTHENTICATED)."""
-
-
-class ResourceExhausted(RemoteError):
-    """Too many sessions on the world, or a message larger than the server accepts."""
-
-
-class EpisodeEnded(RemoteError):
-    """Stepped after ``terminated`` or ``truncated`` without ``reset()`` (FAILED_PRECONDITION)."""
-
-
-class Unsupported(RemoteError):
-    """The server cannot do that, e.g. JPEG frames without Pillow (UNIMPLEMENTED)."""
-
-
-class Unavailable(RemoteError, ConnectionError):
-    """The server cannot be reached or is shutting down (UNAVAILABLE)."""
-
-
-class DeadlineExceeded(RemoteError, TimeoutError):
-    """The call took longer than the client's timeout."""
-
-
-_BY_REASON: dict[str, type[RemoteError]] = {
-    "ERROR_REASON_WORLD_NOT_FOUND": WorldNotFound,
-    "ERROR_REASON_SESSION_NOT_FOUND": SessionNotFound,
-    "ERROR_REASON_INVALID_ACTION": InvalidAction,
-    "ERROR_REASON_INVALID_ARGUMENT": InvalidArgument,
-    "ERROR_REASON_SESSION_LIMIT": ResourceExhausted,
-    "ERROR_REASON_EPISODE_ENDED": EpisodeEnded,
-    "ERROR_REASON_UNAUTHENTICATED": Unauthenticated,
-    "ERROR_REASON_UNSUPPORTED_ENCODING": Unsupported,
-}
-_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
-    grpc.StatusCode.NOT_FOUND: SessionNotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.FAILED_PRECONDITION: EpisodeEnded,
-    grpc.StatusCode.UNIMPLEMENTED: Unsupported,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-}
-
-
-def _convert(e: grpc.RpcError) -> RemoteError:
-    """A grpc error -> the matching :class:`RemoteError` (by ErrorReason, else by status code)."""
-    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    detail = (e.details() if hasattr(e, "details") else None) or str(e)
-    reason = ""
-    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == REASON_KEY:
-            reason = value if isinstance(value, str) else value.decode()
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, RemoteError)
-    return cls(f"{code.name}: {detail}", code=code.name, reason=reason)
-
+from worldsim.wire import encoding as enc
+from worldsim.wire._proto import world_pb2 as pb
+from worldsim.wire._proto import world_pb2_grpc as pb_grpc
+from worldsim.wire.convert import action_space_from_proto, action_to_proto, context_to_proto
+from worldsim.wire.errors import (
+    DeadlineExceeded,
+    EpisodeEnded,
+    InvalidAction,
+    InvalidArgument,
+    RemoteError,
+    ResourceExhausted,
+    SessionNotFound,
+    StepInFlight,
+    Unauthenticated,
+    Unavailable,
+    Unsupported,
+    WorldNotFound,
+    from_rpc_error,
+)
 
 # ---------------------------------------------------------------------------- connection
 class Client:
@@ -149,17 +75,11 @@ class Client:
         try:
             return getattr(self._stub, method)(request, metadata=self._metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as e:
-            raise _convert(e) from None
+            raise from_rpc_error(e) from None
 
-    def play_stream(self, requests: Iterator[pb.StepRequest]) -> Iterator[pb.Frame]:
-        """The raw Play stream (frames as ``worldsim.v1.Frame``); errors are raised as RemoteError."""
-        responses = self._stub.Play(requests, metadata=self._metadata)
-        try:
-            yield from responses
-        except grpc.RpcError as e:
-            raise _convert(e) from None
-        finally:
-            responses.cancel()
+    def play(self) -> PlayStream:
+        """Open a bidirectional ``Play`` stream: one ``StepRequest`` in, one ``Frame`` out."""
+        return PlayStream(self._stub, self._metadata)
 
     def list_worlds(self) -> list[dict[str, Any]]:
         """The worlds this server hosts: name, action_space (ActionSpec), observation_shape, fps, ..."""
@@ -203,18 +123,25 @@ def world_dict(w: pb.WorldInfo) -> dict[str, Any]:
     }
 
 
-class _Stream:
-    """One open Play stream: a request queue feeding gRPC's sender thread, and the responses."""
+class PlayStream:
+    """One open ``Play`` stream (:meth:`Client.play`): a request queue feeding gRPC's sender thread,
+    and the responses. :meth:`exchange` raises :class:`RemoteError`; after an error the stream is over."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, stub: pb_grpc.WorldServiceStub, metadata: tuple[tuple[str, str], ...]) -> None:
         self.requests: queue.Queue[pb.StepRequest | None] = queue.Queue()
-        self.responses = client._stub.Play(iter(self.requests.get, None), metadata=client._metadata)
-        # Unblock gRPC's request thread even if the env is dropped without close().
+        self.responses = stub.Play(iter(self.requests.get, None), metadata=metadata)
+        # Unblock gRPC's request thread even if the stream is dropped without close().
         self._finalizer = weakref.finalize(self, self.requests.put, None)
 
     def exchange(self, req: pb.StepRequest) -> pb.Frame:
+        """Send one step, wait for its frame."""
         self.requests.put(req)
-        return next(self.responses)
+        try:
+            return next(self.responses)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        except StopIteration:
+            raise Unavailable("the server ended the Play stream") from None
 
     def close(self) -> None:
         self._finalizer()  # ends the request stream: the server's Play returns
@@ -229,6 +156,12 @@ class RemoteWorld(gym.Env):
     ``"png"`` (exact, smaller) or ``"jpeg"`` (lossy, smallest). ``reset(options={"frames": (K, 64,
     64, 3) uint8, "actions": K actions})`` starts the episode from real context frames.
 
+    The episode rules are the local env's (:mod:`worldsim.episodes`): ``seed`` (here or in
+    ``reset``) gives the first frame ``WorldEnv.reset(seed=...)`` gives; ``max_episode_steps=None``
+    is the world's default limit (a bundled world's, else 1000), 0 none; actions are checked here
+    with :func:`~worldsim.episodes.validate_action` (the same decision and message as the local
+    env) before they are sent, and the server checks them again.
+
     ``info`` holds ``frame_index``, as in the local env. Not in ``info``, since Gymnasium wants it
     deterministic: ``last_latency_ms`` (server side), ``last_batch_size`` (sessions the server
     stepped together), ``episode``.
@@ -242,7 +175,7 @@ class RemoteWorld(gym.Env):
         world: str = "cartpole",
         token: str | None = None,
         seed: int | None = None,
-        max_episode_steps: int = 0,
+        max_episode_steps: int | None = None,
         encoding: str = "raw",
         root_cert: str | Path | bytes | None = None,
         render_mode: str | None = "rgb_array",
@@ -254,12 +187,14 @@ class RemoteWorld(gym.Env):
             raise ValueError(f"encoding must be one of {sorted(enc.NAMES)}, got {encoding!r}")
         self._own_client = not isinstance(address, Client)
         self.client: Client = address if isinstance(address, Client) else Client(address, token, root_cert, timeout)
+        limit = default_max_episode_steps(world) if max_episode_steps is None else int(max_episode_steps)
         req = pb.CreateSessionRequest(
             world=world,
-            options=pb.SessionOptions(max_episode_steps=max_episode_steps, encoding=enc.NAMES[encoding]),  # type: ignore[arg-type]
+            options=pb.SessionOptions(max_episode_steps=limit, encoding=enc.NAMES[encoding]),  # type: ignore[arg-type]
         )
-        if seed is not None:
-            req.seed = int(seed)
+        if seed is not None:  # the first episode is the one reset(seed=seed) would start
+            super().reset(seed=int(seed))
+            req.seed = engine_seed(self.np_random)
         try:
             resp = self.client.call("CreateSession", req)
         except RemoteError:
@@ -270,14 +205,13 @@ class RemoteWorld(gym.Env):
         self.world_name = world
         self.world_info = world_dict(resp.world)
         self.action_spec: ActionSpec = self.world_info["action_space"]
-        self.spec_ = self.action_spec  # name used by worldsim.play
         self.action_space = self.action_spec.to_space()
         self.observation_space = gym.spaces.Box(0, 255, self.world_info["observation_shape"], np.uint8)
         self.metadata = {**type(self).metadata, "render_fps": int(resp.world.fps)}
         self.render_mode = render_mode
         self.last_latency_ms, self.last_batch_size, self.episode = 0.0, 0, 0
         self._frame = self._decode(resp.frame)
-        self._stream: _Stream | None = None
+        self._stream: PlayStream | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -291,33 +225,35 @@ class RemoteWorld(gym.Env):
         """A new episode. The server's row is reseeded from this env's ``np_random``, so episodes
         are reproducible from ``reset(seed=...)``."""
         super().reset(seed=seed)
-        req = pb.ResetRequest(session_id=self.session_id, seed=int(self.np_random.integers(2**63 - 1)))
+        req = pb.ResetRequest(session_id=self.session_id, seed=engine_seed(self.np_random))
         options = options or {}
         if options.get("frames") is not None:
-            req.context.CopyFrom(context_to_proto(options["frames"], options.get("actions"), self.action_spec))
+            try:
+                ctx = context_to_proto(options["frames"], options.get("actions"), self.action_spec)
+            except ActionError as e:
+                raise InvalidAction(f"context actions: {e}") from None
+            req.context.CopyFrom(ctx)
         f = self.client.call("Reset", req)
         self._frame = self._decode(f)
         self.episode = int(f.episode)
         return self._frame.copy(), {"frame_index": 0}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        try:
+        try:  # refused here as the server would refuse it, with the local env's message
             msg = pb.StepRequest(session_id=self.session_id, action=action_to_proto(action, self.action_spec))
         except ActionError as e:
-            raise InvalidAction(str(e), code="INVALID_ARGUMENT", reason="client side") from None
+            raise InvalidAction(str(e)) from None
         with self._lock:
             if self._closed:
-                raise SessionNotFound("this RemoteWorld is closed", code="NOT_FOUND")
+                raise SessionNotFound("this RemoteWorld is closed")
             if self._stream is None:
-                self._stream = _Stream(self.client)
+                self._stream = self.client.play()
             try:
                 f = self._stream.exchange(msg)
-            except (grpc.RpcError, StopIteration) as e:
+            except RemoteError:
                 self._stream.close()  # a failed stream is over; the next step opens a new one
                 self._stream = None
-                if isinstance(e, StopIteration):
-                    raise Unavailable("the server ended the Play stream", code="UNAVAILABLE") from None
-                raise _convert(e) from None
+                raise
         self._frame = self._decode(f)
         self.last_latency_ms, self.last_batch_size = float(f.latency_ms), int(f.batch_size)
         info = {"frame_index": int(f.frame_index)}
@@ -348,3 +284,23 @@ class RemoteWorld(gym.Env):
         if self._own_client:
             self.client.close()
         super().close()
+
+
+__all__ = [
+    "Client",
+    "PlayStream",
+    "RemoteWorld",
+    "world_dict",
+    "RemoteError",
+    "WorldNotFound",
+    "SessionNotFound",
+    "InvalidAction",
+    "InvalidArgument",
+    "ResourceExhausted",
+    "EpisodeEnded",
+    "StepInFlight",
+    "Unauthenticated",
+    "Unsupported",
+    "Unavailable",
+    "DeadlineExceeded",
+]

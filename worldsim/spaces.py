@@ -119,49 +119,69 @@ class ActionSpec:
         """Check a batch of actions and return it in canonical form.
 
         Raises :class:`ActionError` naming the problem for a wrong shape, a wrong type, an
-        out-of-range value or a NaN. ``batch`` is the expected batch size (``None``: any).
+        out-of-range value or a NaN. ``batch`` is the expected batch size (``None``: any). One
+        action (not a batch) is checked by :func:`worldsim.episodes.validate_action`.
         """
-        try:
-            arr = np.asarray(actions)
-        except Exception as e:  # ragged lists etc.
-            raise ActionError(f"actions could not be read as an array: {e}") from e
-        if arr.dtype == object:
-            raise ActionError("actions must be numbers, got objects (ragged list?)")
+        arr = as_array(actions, "actions")
+        b = "B" if batch is None else str(batch)
         if self.kind == "discrete":
             arr = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
             if arr.ndim != 1:
-                raise ActionError(f"expected a batch of discrete actions of shape (B,), got shape {arr.shape}")
+                raise ActionError(f"expected a batch of {self.describe()} actions of shape ({b},), got shape {arr.shape}")
         else:
             if arr.ndim > 2:
                 arr = arr.reshape(arr.shape[0], -1)
             if arr.ndim != 2 or arr.shape[1] != self.n:
-                raise ActionError(f"expected actions of shape (B, {self.n}) for a {self.kind} space, got {arr.shape}")
+                raise ActionError(
+                    f"expected a batch of {self.describe()} actions of shape ({b}, {self.n}), got shape {arr.shape}"
+                )
         if batch is not None and arr.shape[0] != batch:
             raise ActionError(f"expected {batch} actions (one per row), got {arr.shape[0]}")
+        return self.check_values(arr)
+
+    def describe(self) -> str:
+        """The space as Gymnasium prints it, e.g. ``Discrete(2)`` or ``Box(-1.0, 1.0, (2,), float32)``."""
+        return str(self.to_space())
+
+    def check_values(self, arr: np.ndarray, one: bool = False) -> np.ndarray:
+        """Type, NaN and range checks of a canonically shaped batch; returns it with the canonical dtype.
+
+        Integer spaces accept integral floats (``1.0``) and refuse fractions; ``one``: the batch
+        holds the caller's single action, and messages quote it as the caller passed it.
+        """
+        got = arr[0].tolist() if one else arr.tolist()
+        noun = "action" if one else "actions"
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise ActionError(f"actions must be numeric, got dtype {arr.dtype}")
+            raise ActionError(f"{self.describe()} {noun} must be numeric, got {got!r} (dtype {arr.dtype})")
+        if np.issubdtype(arr.dtype, np.number) and not np.all(np.isfinite(arr)):
+            raise ActionError(f"{self.describe()} {noun} must be finite, got {got!r} (NaN or infinity)")
         if self.kind == "box":
             arr = arr.astype(np.float32)
-            if not np.all(np.isfinite(arr)):
-                raise ActionError("actions contain NaN or infinity")
             low, high = np.array(self.low, np.float32), np.array(self.high, np.float32)
             if np.any(arr < low - 1e-6) or np.any(arr > high + 1e-6):
-                raise ActionError(f"box actions outside [{self.low}, {self.high}]")
+                raise ActionError(f"{self.describe()} {noun} must lie in [{self.low}, {self.high}]: {got!r} is outside")
             return arr
-        if np.issubdtype(arr.dtype, np.floating):
-            if not np.all(np.isfinite(arr)):
-                raise ActionError("actions contain NaN or infinity")
-            if np.any(arr != np.round(arr)):
-                raise ActionError(f"{self.kind} actions must be integers, got {arr.dtype} with fractions")
+        if np.issubdtype(arr.dtype, np.floating) and np.any(arr != np.round(arr)):
+            raise ActionError(f"{self.describe()} {noun} must be integers, got {got!r}")
         arr = arr.astype(np.int64)
         if self.kind == "discrete":
             if np.any(arr < self.start) or np.any(arr >= self.start + self.n):
-                raise ActionError(
-                    f"discrete actions must be in [{self.start}, {self.start + self.n - 1}], got {arr.tolist()}"
-                )
+                lo, hi = self.start, self.start + self.n - 1
+                raise ActionError(f"{self.describe()} {noun} must be in [{lo}, {hi}], got {got!r}")
         elif self.kind == "multi_discrete":
             if np.any(arr < 0) or np.any(arr >= np.array(self.nvec)):
-                raise ActionError(f"multi-discrete actions must be in [0, nvec={list(self.nvec)}), got {arr.tolist()}")
+                raise ActionError(f"{self.describe()} {noun} must be in [0, nvec={list(self.nvec)}), got {got!r}")
         elif np.any((arr != 0) & (arr != 1)):
-            raise ActionError("multi-binary actions must be 0 or 1")
+            raise ActionError(f"{self.describe()} {noun} must be 0 or 1, got {got!r}")
         return arr
+
+
+def as_array(value: Any, noun: str) -> np.ndarray:
+    """``np.asarray(value)``, or :class:`ActionError` for what is not an array of numbers (ragged lists, objects)."""
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # ragged lists etc.
+        raise ActionError(f"{noun} could not be read as an array: {value!r} ({e})") from e
+    if arr.dtype == object:
+        raise ActionError(f"{noun} must be numbers, got {value!r} (objects, or a ragged list?)")
+    return arr

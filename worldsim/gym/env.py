@@ -43,11 +43,15 @@ class WorldEnv(gym.Env):
     ## Episode End
     ``terminated`` when the termination head's probability passes the world's threshold
     (CartPole: the pole fell or the cart left the screen). ``truncated`` once
-    ``max_episode_steps`` steps were taken, as Gymnasium's ``TimeLimit`` does (``gym.make``
-    of a bundled world adds that wrapper with the world's limit instead).
+    ``max_episode_steps`` steps were taken, whatever ``terminated`` says, as Gymnasium's
+    ``TimeLimit`` does (:mod:`worldsim.episodes`, the rule every surface shares). The default
+    limit (``max_episode_steps=None``) is a bundled world's ``max_episode_steps`` (CartPole:
+    500), else 1000 (``worldsim.episodes.DEFAULT_MAX_EPISODE_STEPS``), so a world that never
+    learned to end its episodes still ends them; 0 means no limit. ``gym.make`` of a registered
+    world counts the steps with its ``TimeLimit`` wrapper instead.
 
     ## Arguments
-    ``WorldEnv(world="cartpole", render_mode=None, max_episode_steps=None, channels_first=False,
+    ``WorldEnv(world="cartpole", render_mode=None, max_episode_steps=None (the default limit), channels_first=False,
     latency_in_info=False, device=None, dtype=None)``: ``world`` is a bundled world's name, a
     checkpoint path or a loaded :class:`~worldsim.engine.WorldModel` (shared, not copied).
 
@@ -104,7 +108,7 @@ class WorldEnv(gym.Env):
         start from given context frames instead of one of the world's start clips."""
         super().reset(seed=seed)
         t0 = time.perf_counter()
-        self.core.np_randoms[0] = self.np_random  # the engine seed is drawn from self.np_random
+        self.core.episodes.set_rng(0, self.np_random)  # the engine seed is drawn from self.np_random
         options = options or {}
         frames = options.get("frames")
         obs = self.core.reset_rows(

@@ -23,9 +23,15 @@ VECTOR_ENTRY_POINT = "worldsim.gym.registration:make_vector"
 
 
 def make_single(world: str, **kwargs: Any) -> Any:
-    """Entry point: a :class:`~worldsim.gym.WorldEnv`; the checkpoint is resolved here, at make time."""
+    """Entry point: a :class:`~worldsim.gym.WorldEnv`; the checkpoint is resolved here, at make time.
+
+    The env counts no time limit itself (``max_episode_steps=0``): ``gym.make`` wraps it in
+    ``TimeLimit`` with the registered (or the given) ``max_episode_steps``, which applies the
+    same rule (:func:`worldsim.episodes.truncated`).
+    """
     from worldsim.gym.env import WorldEnv
 
+    kwargs.setdefault("max_episode_steps", 0)
     return WorldEnv(world, **kwargs)
 
 
@@ -39,10 +45,19 @@ def make_vector(world: str, num_envs: int = 1, **kwargs: Any) -> Any:
 def register_world(env_id: str, world: str | Path, max_episode_steps: int | None = None, **kwargs: Any) -> None:
     """Register ``env_id`` for a bundled world's name or a checkpoint path (not opened until made).
 
-    ``kwargs`` become default constructor arguments (``channels_first``, ``device``, ...).
-    Registering an id again with different arguments replaces it.
+        register_world("worldsim/MyGame-v0", "runs/mygame/world.safetensors")
+        env = gym.make("worldsim/MyGame-v0")
+
+    ``max_episode_steps``: None is the default limit (a bundled world's, else 1000:
+    :func:`worldsim.episodes.default_max_episode_steps`), 0 none. ``kwargs`` become default
+    constructor arguments (``channels_first``, ``device``, ...). Registering an id again with
+    different arguments replaces it.
     """
     import gymnasium as gym
+
+    from worldsim.episodes import resolve_max_episode_steps
+
+    max_episode_steps = resolve_max_episode_steps(max_episode_steps, str(world)) or None
 
     env_kwargs = {"world": str(world), **kwargs}
     old = gym.registry.get(env_id)

@@ -7,7 +7,10 @@
 SB3's conventions, handled here: episodes restart in the same step (the wrapped env is switched
 to ``SAME_STEP``) with the last observation in ``infos[i]["terminal_observation"]``; every info
 has ``"TimeLimit.truncated"`` (ended by ``max_episode_steps``, not by the world); ``dones`` is
-``terminated | truncated``; rewards are float32; observations stay uint8 images. Channel order:
+``terminated | truncated``; the info of a row whose episode ended has SB3's ``"episode"``
+statistics (``{"r": return, "l": length, "t": seconds}``, what its ``Monitor`` writes, kept by
+:class:`worldsim.episodes.EpisodeTracker`), so SB3 logs ``ep_rew_mean`` / ``ep_len_mean``
+without a ``VecMonitor``; rewards are float32; observations stay uint8 images. Channel order:
 with the default channel-last observations SB3 wraps the env in ``VecTransposeImage`` itself
 for ``CnnPolicy``; build the vector env with ``channels_first=True`` to skip that (for example
 under ``VecFrameStack(..., channels_order="first")``). Seeds set with ``vec.seed(s)`` (row ``i``
@@ -70,6 +73,7 @@ def to_sb3(env: WorldVectorEnv) -> Any:
                 if done[i]:  # the step's own info is the new episode's: report the ended one's
                     row = StepCore.row_info(final_info, i)
                     row["terminal_observation"] = info["final_obs"][i]
+                    row["episode"] = dict(self.venv.core.ended[i])
                     self.reset_infos[i] = StepCore.row_info(info, i)
                 else:
                     row = StepCore.row_info(info, i)

@@ -20,6 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from worldsim.engine.world import WorldModel
+from worldsim.episodes import row_seeds
 from worldsim.gym.core import StepCore, load_world
 
 
@@ -95,21 +96,15 @@ class WorldVectorEnv(VectorEnv):
             raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, got {mode}")
         self.metadata["autoreset_mode"] = mode
         self.core.autoreset_mode = mode
-        if mode == AutoresetMode.SAME_STEP and self.core.needs_reset.any():
-            self.core.reset_rows(np.flatnonzero(self.core.needs_reset))
+        pending = np.flatnonzero(self.core.episodes.done)
+        if mode == AutoresetMode.SAME_STEP and pending.size:
+            self.core.reset_rows(pending)
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         n = self.num_envs
-        if seed is None:
-            seeds: list[int | None] = [None] * n
-        elif isinstance(seed, (int, np.integer)):
-            seeds = [int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"got {len(seeds)} seeds for num_envs={n}")
+        seeds = row_seeds(seed, n)
         options = dict(options or {})
         mask = np.ones(n, dtype=bool)
         if options.get("reset_mask") is not None:
@@ -117,7 +112,6 @@ class WorldVectorEnv(VectorEnv):
             if mask.shape != (n,) or mask.dtype != np.bool_ or not mask.any():
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({n},) with a True value")
         rows = np.flatnonzero(mask).tolist()
-        self.core.seed_rows(rows, [seeds[r] for r in rows])
         frames, actions = options.get("frames"), options.get("actions")
         if frames is not None:
             frames = np.asarray(frames)
@@ -128,7 +122,7 @@ class WorldVectorEnv(VectorEnv):
                 if actions is not None:
                     actions = np.asarray(actions)[rows]
         t0 = time.perf_counter()
-        obs_rows = self.core.reset_rows(rows, frames=frames, actions=actions)
+        obs_rows = self.core.reset_rows(rows, frames=frames, actions=actions, seeds=[seeds[r] for r in rows])
         self.core.last_latency_ms = (time.perf_counter() - t0) * 1e3
         obs = self.core.obs(self.core.session.frames)
         obs[rows] = obs_rows

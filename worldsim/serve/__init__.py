@@ -1,7 +1,7 @@
 """The gRPC surface of worldsim.
 
 - ``proto/worldsim/v1/world.proto``: the versioned API (package ``worldsim.v1``); stubs in
-  ``worldsim.serve._proto``, regenerated with ``python -m worldsim.serve.codegen``.
+  ``worldsim.wire._proto``, regenerated with ``python -m worldsim.wire.codegen``.
 - :mod:`worldsim.serve.server`: ``worldsim serve`` on ``grpc.aio`` (health, reflection, token
   auth, TLS, limits, idle eviction, graceful shutdown); ``BackgroundServer`` for in-process use.
 - :mod:`worldsim.serve.sessions`: client sessions as rows of one engine, micro-batched.

@@ -13,8 +13,9 @@ from typing import Any
 
 import grpc
 
+from worldsim.wire.errors import REASON_KEY
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-REASON_KEY = "worldsim-error-reason"
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

@@ -38,11 +38,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from worldsim.engine.world import WorldModel
-from worldsim.serve import encoding as enc
-from worldsim.serve._proto import world_pb2 as pb
-from worldsim.serve._proto import world_pb2_grpc as pb_grpc
+from worldsim.wire import encoding as enc
+from worldsim.wire._proto import world_pb2 as pb
+from worldsim.wire._proto import world_pb2_grpc as pb_grpc
 from worldsim.serve.auth import REASON_KEY, TokenAuthInterceptor
-from worldsim.serve.convert import action_from_proto, action_space_to_proto, context_from_proto
+from worldsim.wire.convert import action_from_proto, action_space_to_proto, context_from_proto
 from worldsim.serve.sessions import (
     ClientSession,
     InvalidAction,

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from worldsim.engine.world import Session, WorldModel
-from worldsim.serve._proto import world_pb2 as pb
+from worldsim.wire._proto import world_pb2 as pb
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

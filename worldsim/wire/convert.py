@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.serve._proto import world_pb2 as pb
+from worldsim.episodes import validate_action
 from worldsim.spaces import ActionError, ActionSpec
+from worldsim.wire._proto import world_pb2 as pb
 
 _KINDS = {
     "discrete": pb.ActionSpace.KIND_DISCRETE,
@@ -52,38 +53,30 @@ def action_space_from_proto(msg: pb.ActionSpace) -> ActionSpec:
 
 # ---------------------------------------------------------------------------- actions
 def action_to_proto(action: Any, spec: ActionSpec) -> pb.Action:
-    """One action (as ``action_space.sample()`` gives it) -> ``Action``; the server validates it."""
-    try:
-        a = np.asarray(action)
-        if spec.kind == "discrete":
-            if a.size != 1 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
-                raise ActionError(f"expected one integer action for a Discrete space, got {action!r}")
-            return pb.Action(discrete=int(a.reshape(-1)[0]))
-        if spec.kind == "box":
-            return pb.Action(continuous=pb.FloatArray(values=a.astype(np.float64).reshape(-1).tolist()))
-        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a) & (a == np.round(a))):
-            raise ActionError(f"{spec.kind} actions must be integers, got {action!r}")
-        return pb.Action(multi=pb.IntArray(values=a.astype(np.int64).reshape(-1).tolist()))
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ActionError):
-            raise
-        raise ActionError(f"cannot send {action!r} as a {spec.kind} action: {e}") from e
+    """One action -> ``Action``, checked first with :func:`worldsim.episodes.validate_action`
+    (:class:`ActionError` with the local env's message if it does not fit)."""
+    a = validate_action(spec, action)
+    if spec.kind == "discrete":
+        return pb.Action(discrete=int(a))
+    if spec.kind == "box":
+        return pb.Action(continuous=pb.FloatArray(values=a.astype(np.float64).reshape(-1).tolist()))
+    return pb.Action(multi=pb.IntArray(values=a.reshape(-1).tolist()))
 
 
 def action_from_proto(msg: pb.Action, spec: ActionSpec) -> np.ndarray:
-    """``Action`` -> one canonical action (ActionSpec.validate), or ActionError."""
+    """``Action`` -> one canonical action (:func:`worldsim.episodes.validate_action`), or ActionError."""
     field = msg.WhichOneof("value")
     if field is None:
         raise ActionError("the action is empty: set one of discrete, multi, continuous")
     if field != _FIELD[spec.kind]:
         raise ActionError(f"a {field} action does not fit the world's {spec.kind} action space")
     if field == "discrete":
-        raw: Any = [msg.discrete]
+        raw: Any = msg.discrete
     elif field == "multi":
-        raw = [list(msg.multi.values)]
+        raw = np.asarray(msg.multi.values, dtype=np.int64)
     else:
-        raw = [np.asarray(msg.continuous.values, dtype=np.float32)]
-    return spec.validate(raw, batch=1)[0]
+        raw = np.asarray(msg.continuous.values, dtype=np.float32)
+    return validate_action(spec, raw)
 
 
 # ---------------------------------------------------------------------------- context frames

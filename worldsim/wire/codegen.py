@@ -1,13 +1,13 @@
 """Regenerate the committed gRPC stubs from ``proto/worldsim/v1/*.proto``.
 
-    python -m worldsim.serve.codegen          # rewrite worldsim/serve/_proto/
-    python -m worldsim.serve.codegen --check  # exit 1 if the committed stubs are stale
+    python -m worldsim.wire.codegen          # rewrite worldsim/wire/_proto/
+    python -m worldsim.wire.codegen --check  # exit 1 if the committed stubs are stale
 
 Needs grpcio-tools (in the ``dev`` extra) and a source checkout (the .proto files live in
 ``proto/`` at the top of the repo). Two fixes are applied to protoc's output:
 
 - ``from worldsim.v1 import world_pb2`` becomes ``from . import world_pb2``, so the stubs work as
-  the subpackage ``worldsim.serve._proto``;
+  the subpackage ``worldsim.wire._proto``;
 - nothing else. ``--check`` ignores the lines that only record the generator's version, so a
   different grpcio-tools with the same output format does not count as stale.
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_stubs()
         if stale:
-            print(f"stale gRPC stubs: {stale}; run python -m worldsim.serve.codegen", file=sys.stderr)
+            print(f"stale gRPC stubs: {stale}; run python -m worldsim.wire.codegen", file=sys.stderr)
             return 1
         print("gRPC stubs are up to date")
         return 0
