@@ -87,7 +87,7 @@ def test_boxing_record_reload_and_clips(tmp_path: Path) -> None:
 def test_cartpole_recipe_reproduces_its_data_set(tmp_path: Path) -> None:
     """`worldsim record cartpole` gives exactly the episodes the bundled world was trained on
     (action checksums of its first episodes, taken from that data set), twice in a row."""
-    expected = [(250, 3507010071), (34, 3191483603), (54, 1743618815), (87, 2227795913)]
+    expected = [(74, 1642380297), (24, 1577715761), (250, 4101577714), (111, 1944121386)]
     for name in ("a", "b"):
         record(config_for("cartpole", _args(out=tmp_path / name, episodes=4, max_steps=40)), progress=False)
     a, b = (load_episodes(tmp_path / n, split=None) for n in "ab")

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.data.policies import Exploration
+
 
 @dataclass(frozen=True)
 class RecordRecipe:
@@ -33,6 +35,8 @@ class RecordRecipe:
     """Seed of the first episode; episode i uses seed + i."""
     max_episode_steps: int = 500
     """Episodes are truncated after this many steps."""
+    explore: Exploration = field(default_factory=Exploration)
+    """State-independent exploration mixed into every policy, so the data teaches what actions do."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class WorldDef:
     """frames (T, 64, 64, 3) uint8 -> state (T, K) float, read off the pixels."""
     state_names: tuple[str, ...] = ()
     """Names of the K state components the reader returns."""
+    state_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Range of each state component that the data should cover (for the data diagnostic)."""
     true_state: Callable[[Any], np.ndarray] | None = None
     """real env -> the same K state components from the game's internals (for checking readers)."""
     state_done: Callable[[np.ndarray], np.ndarray] | None = None

@@ -10,6 +10,13 @@
 A policy is made per episode by :func:`make_policy` and called once per recorded frame as
 ``policy(env, frame) -> action`` (``frame`` is the last recorded 64x64 frame). All randomness
 comes from the seeded ``np.random.Generator`` it is given, so a recording is reproducible.
+
+**Exploration** (:class:`Exploration`, :func:`explore`) is mixed into any of them: actions that
+do not depend on the game's state replace the policy's on a per-episode share of frames, and
+"branching" episodes hand over to random play from a varied state until the episode ends. A
+world learns what an action does only from frames where the action is not already given away
+by the picture: a recording made by a good controller alone teaches the controller, not the
+game (``worldsim.data.diagnostic`` measures this).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +35,93 @@ log = logging.getLogger(__name__)
 Policy = Callable[[Any, np.ndarray], Any]
 """(real env, last recorded frame) -> action."""
 POLICIES = ("random", "sticky", "scripted", "human")
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """State-independent exploration mixed into a recording policy, per episode.
+
+    Each episode draws its share ``epsilon`` of exploratory frames uniformly from
+    ``epsilon_range``; on such a frame a uniformly random action replaces the policy's and is
+    held for a geometric number of frames (mean ``hold``: 1 = a fresh random action per frame).
+    With probability ``branch`` the episode instead *branches*: the policy plays (with its
+    epsilon) for ``branch_after`` frames (drawn uniformly from the range), then only random
+    actions (held as above) are played until the episode ends, so the data shows what every
+    action does from the varied states a good policy reaches, falls included. ``epsilon_range
+    = (1, 1)`` is fully random play. The default is no exploration.
+    """
+
+    epsilon_range: tuple[float, float] = (0.0, 0.0)
+    """Per-episode share of exploratory frames, drawn uniformly from [low, high] (within [0, 1])."""
+    hold: float = 1.0
+    """Mean number of frames an exploratory action is held (>= 1)."""
+    branch: float = 0.0
+    """Probability that an episode branches into random play."""
+    branch_after: tuple[int, int] = (0, 200)
+    """Frames of policy play before a branch, drawn uniformly from [low, high]."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.epsilon_range
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise PolicyError(f"epsilon_range must satisfy 0 <= low <= high <= 1, got {self.epsilon_range}")
+        if self.hold < 1.0:
+            raise PolicyError(f"hold is a mean number of frames, >= 1; got {self.hold}")
+        if not 0.0 <= self.branch <= 1.0:
+            raise PolicyError(f"branch is a probability in [0, 1], got {self.branch}")
+        if not 0 <= self.branch_after[0] <= self.branch_after[1]:
+            raise PolicyError(f"branch_after must be 0 <= low <= high, got {self.branch_after}")
+
+    @property
+    def active(self) -> bool:
+        return self.epsilon_range[1] > 0.0 or self.branch > 0.0
+
+    def plan(self, rng: np.random.Generator) -> dict[str, Any]:
+        """This episode's draw: ``{"epsilon": float, "branch_at": int | None}``."""
+        lo, hi = self.epsilon_range
+        epsilon = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+        branch_at = (
+            int(rng.integers(self.branch_after[0], self.branch_after[1] + 1)) if rng.random() < self.branch else None
+        )
+        return {"epsilon": round(epsilon, 6), "branch_at": branch_at}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epsilon_range": list(self.epsilon_range),
+            "hold": self.hold,
+            "branch": self.branch,
+            "branch_after": list(self.branch_after),
+        }
+
+
+def explore(policy: Policy, space: Any, rng: np.random.Generator, plan: dict[str, Any], hold: float = 1.0) -> Policy:
+    """``policy`` with exploratory actions mixed in as ``plan`` (from :meth:`Exploration.plan`) says.
+
+    The random actions come from a copy of ``space`` seeded from ``rng``, so they are uniform
+    over any Gymnasium space and independent of the game's state; the policy is still called
+    on every frame (its own random stream, and any state it keeps, stay as without exploration).
+    """
+    import copy
+
+    sampler = copy.deepcopy(space)
+    sampler.seed(int(rng.integers(2**31)))
+    epsilon, branch_at = float(plan["epsilon"]), plan["branch_at"]
+    state: dict[str, Any] = {"t": 0, "left": 0, "action": None}
+
+    def explored(env: Any, frame: np.ndarray) -> Any:
+        t = state["t"]
+        state["t"] += 1
+        own = policy(env, frame)
+        if state["left"] > 0:
+            state["left"] -= 1
+            return state["action"]
+        branched = branch_at is not None and t >= branch_at
+        if branched or rng.random() < epsilon:
+            state["action"] = sampler.sample()
+            state["left"] = int(rng.geometric(1.0 / hold)) - 1
+            return state["action"]
+        return own
+
+    return explored
 
 
 class PolicyError(ValueError):
@@ -91,12 +186,16 @@ def _scripted(env: Any, rng: np.random.Generator) -> Policy:
 def cartpole_controller(rng: np.random.Generator) -> Policy:
     """Balance with a PD controller on the pole (state from ``env.unwrapped.state``).
 
-    Per episode a target cart position; per frame a 1% chance of a kick (one key held for 2-3
-    frames, knocking the pole off balance) and a 5% chance of a random press. With the
-    cartpole recipe (2 env steps a frame) about 40% of episodes balance for all 250 frames with
-    recoveries along the way; the others fall after a kick or a press (about 100 frames in).
+    Per episode a target cart position and a decision noise ``sigma`` (drawn from 0.1-0.5: the
+    push goes right when ``u + N(0, sigma) > 0``, so near balance, where ``u`` is small, either
+    push is likely and the action is not given away by the picture; far from it the controller
+    is decisive); per frame a 1% chance of a kick (one key held for 2-3 frames, knocking the
+    pole off balance) and a 5% chance of a random press. With the cartpole recipe (2 env steps
+    a frame) most episodes without exploration balance for all 250 frames with recoveries along
+    the way; the others fall after a kick or a press.
     """
     target = float(rng.uniform(-0.8, 0.8))
+    sigma = float(rng.uniform(0.1, 0.5))
     state = {"burst": 0, "burst_action": 0}
 
     def cartpole(env: Any, frame: np.ndarray) -> int:
@@ -109,7 +208,7 @@ def cartpole_controller(rng: np.random.Generator) -> Policy:
         if rng.random() < 0.05:
             return int(rng.integers(2))
         u = 10.0 * theta + 2.0 * theta_dot + 0.3 * (x - target) + 0.6 * x_dot
-        return int(u > 0)
+        return int(u + sigma * rng.standard_normal() > 0)
 
     return cartpole
 

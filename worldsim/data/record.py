@@ -30,14 +30,24 @@ import numpy as np
 
 from worldsim.data.episodes import Episode, read_manifest, split_of, write_manifest, write_shard
 from worldsim.data.frames import preprocess
-from worldsim.data.policies import POLICIES, SCRIPTED, Keyboard, PolicyError, StopRecording, game_name, make_policy
+from worldsim.data.policies import (
+    POLICIES,
+    SCRIPTED,
+    Exploration,
+    Keyboard,
+    PolicyError,
+    StopRecording,
+    explore,
+    game_name,
+    make_policy,
+)
 from worldsim.spaces import ActionError, ActionSpec
 
 log = logging.getLogger(__name__)
 
 SHARD_BYTES = 64 * 2**20
 """A shard is closed before it would grow past this (an episode larger than this gets its own)."""
-RECIPE_KEYS = ("env_id", "env_kwargs", "crop", "frameskip", "max_steps", "seed", "policies")
+RECIPE_KEYS = ("env_id", "env_kwargs", "crop", "frameskip", "max_steps", "seed", "policies", "explore")
 """Manifest fields that must match for a recording to be resumed or extended."""
 
 
@@ -55,6 +65,8 @@ class RecordConfig:
     """Episodes in total (a resumed recording stops at this count)."""
     policies: tuple[tuple[str, float], ...] = (("random", 1.0),)
     """(policy, share of episodes) pairs."""
+    explore: Exploration = field(default_factory=Exploration)
+    """State-independent exploration mixed into every policy (see :class:`Exploration`)."""
     seed: int = 0
     """Episode i is reset with seed + i."""
     max_steps: int = 500
@@ -113,6 +125,15 @@ def episode_policy(cfg: RecordConfig, episode_id: int) -> tuple[str, np.random.G
     return names[int(rng.choice(len(names), p=shares / shares.sum()))], rng
 
 
+def exploration_plan(cfg: RecordConfig, episode_id: int) -> tuple[np.random.Generator, dict[str, Any] | None]:
+    """Episode ``episode_id``'s exploration draw and the generator that then drives it.
+
+    A stream of its own (seeded by the episode's seed and a tag), so exploration leaves the
+    policy's random stream untouched; None when the recording has no exploration."""
+    rng = np.random.default_rng([cfg.seed + episode_id, 0x5EED])
+    return rng, (cfg.explore.plan(rng) if cfg.explore.active else None)
+
+
 def record_episode(
     env: Any, cfg: RecordConfig, episode_id: int, spec: ActionSpec, keyboard: Keyboard | None = None
 ) -> Episode:
@@ -121,6 +142,9 @@ def record_episode(
     name, rng = episode_policy(cfg, episode_id)
     env.reset(seed=seed)
     policy = make_policy(name, env, rng, cfg.world, keyboard)
+    xrng, plan = exploration_plan(cfg, episode_id)
+    if plan is not None:
+        policy = explore(policy, env.action_space, xrng, plan, cfg.explore.hold)
     frames, actions, rewards, terminated, truncated = [_frame(env, cfg.crop)], [], [], [], []
     for step in range(cfg.max_steps):
         action = policy(env, frames[-1])
@@ -174,6 +198,7 @@ def _recipe(cfg: RecordConfig) -> dict[str, Any]:
             "max_steps": cfg.max_steps,
             "seed": cfg.seed,
             "policies": [list(p) for p in cfg.policies],
+            "explore": cfg.explore.to_json() if cfg.explore.active else None,
         }
     )
 
@@ -228,8 +253,8 @@ def _existing_manifest(out: Path, cfg: RecordConfig) -> dict[str, Any] | None:
 class _ShardWriter:
     """Collects finished episodes and writes them as shards, updating the manifest after each."""
 
-    def __init__(self, out: Path, manifest: dict[str, Any], policy_of: dict[int, str]) -> None:
-        self.out, self.manifest, self.policy_of = out, manifest, policy_of
+    def __init__(self, out: Path, manifest: dict[str, Any], policy_of: dict[int, str], plan_of: dict[int, Any]) -> None:
+        self.out, self.manifest, self.policy_of, self.plan_of = out, manifest, policy_of, plan_of
         self.pending: list[Episode] = []
         self.frames_this_run = 0
         self.t0 = time.perf_counter()
@@ -262,6 +287,7 @@ class _ShardWriter:
                 "bytes": int(size),
                 "seeds": [e.seed for e in eps],
                 "policies": [self.policy_of[e.episode_id] for e in eps],
+                "explore": [self.plan_of.get(e.episode_id) for e in eps],
                 "steps": [len(e) for e in eps],
                 "terminated": [bool(e.terminated[-1]) if len(e) else False for e in eps],
             }
@@ -311,7 +337,7 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
         return manifest
     if done:
         log.info("resuming %s: %d episodes stored, %d to go", out, len(done), len(todo))
-    writer = _ShardWriter(out, manifest, policy_of)
+    writer = _ShardWriter(out, manifest, policy_of, {i: exploration_plan(cfg, i)[1] for i in todo})
     bar = tqdm(total=cfg.episodes, initial=len(done), desc=f"record {cfg.env_id}", unit="ep", disable=not progress)
     try:
         for i in todo:
@@ -352,6 +378,7 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
             out=Path(args.out) if args.out else Path("data") / w.name,
             episodes=args.episodes or r.episodes,
             policies=((args.policy, 1.0),) if args.policy else r.policies,
+            explore=_exploration(args, r.explore),
             seed=r.seed if args.seed is None else args.seed,
             max_steps=args.max_steps or r.max_episode_steps,
             frameskip=args.frameskip or w.frameskip,
@@ -367,10 +394,43 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
         out=Path(args.out),
         episodes=args.episodes or 100,
         policies=((args.policy or "random", 1.0),),
+        explore=_exploration(args, Exploration()),
         seed=args.seed or 0,
         max_steps=args.max_steps or 500,
         frameskip=args.frameskip or 1,
     )
+
+
+def _check(cfg: RecordConfig) -> None:
+    """The data diagnostic on the finished recording (stored in its manifest), its summary logged."""
+    from worldsim.data.diagnostic import check_folder
+
+    log.info("data diagnostic (action predictability, state coverage); --no-check skips it")
+    diag = check_folder(Path(cfg.out), cfg.world)
+    for line in diag.summary().splitlines():
+        (log.warning if line.startswith("WARNING") else log.info)("%s", line)
+
+
+def _exploration(args: argparse.Namespace, default: Exploration) -> Exploration:
+    """The recipe's exploration with the --explore / --explore-hold / --branch flags applied."""
+    eps = getattr(args, "explore", None)
+    fields: dict[str, Any] = {}
+    if eps is not None:
+        lo, _, hi = str(eps).partition(",")
+        try:
+            fields["epsilon_range"] = (float(lo), float(hi or lo))
+        except ValueError:
+            raise RecordError(f"--explore takes EPS or LOW,HIGH (shares of frames in [0, 1]), got {eps!r}") from None
+    if getattr(args, "explore_hold", None) is not None:
+        fields["hold"] = args.explore_hold
+    if getattr(args, "branch", None) is not None:
+        fields["branch"] = args.branch
+    if not fields:
+        return default
+    try:
+        return Exploration(**{**default.__dict__, **fields})
+    except PolicyError as e:
+        raise RecordError(str(e)) from e
 
 
 def _positive(text: str) -> int:
@@ -388,6 +448,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="episode i is reset with seed + i")
     parser.add_argument("--max-steps", type=_positive, default=None, help="truncate episodes after this many frames")
     parser.add_argument("--frameskip", type=_positive, default=None, help="env steps per recorded frame")
+    parser.add_argument(
+        "--explore",
+        default=None,
+        metavar="EPS|LOW,HIGH",
+        help="per-episode share of frames where a random action replaces the policy's, drawn from [LOW, HIGH] "
+        "(1 = fully random play; default: the world's recipe, else 0)",
+    )
+    parser.add_argument("--explore-hold", type=float, default=None, help="mean frames a random action is held")
+    parser.add_argument(
+        "--branch", type=float, default=None, help="share of episodes that switch to random play part-way through"
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip the data diagnostic after recording")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -398,6 +470,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         record(cfg)
+        if not getattr(args, "no_check", False):
+            _check(cfg)
     except (RecordError, PolicyError) as e:
         print(f"worldsim record: {e}", file=sys.stderr)
         return 2

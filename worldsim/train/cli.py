@@ -133,6 +133,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, help="override the stage's step count")
     parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="WORLD.safetensors",
+        help="codec stage: start from this world instead of random weights (same game and frames): its codec is "
+        "fine-tuned for the codec stage's steps (0 keeps it as it is) and its denoiser becomes the teacher's "
+        "starting point; e.g. retrain a world on new recordings",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last state")
@@ -211,7 +220,13 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     if args.stage == "codec":
         wcfg = world_config(args.world, spec, fps, recipe, sets)
-        world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume)
+        init = None
+        if getattr(args, "init", None) is not None:
+            init = WorldModel.load(args.init, device=device, dtype=torch.float32)
+            if init.config.action_space != spec:
+                raise SystemExit(f"--init {args.init} acts in {init.config.action_space}, the data in {spec}")
+            provenance["init"] = {"path": str(args.init), "provenance": init.provenance}
+        world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume, init)
         world.start_frames, world.start_actions = start_clips(val_eps + train_eps, wcfg.context_frames)
     else:
         prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": run_name}[args.stage]
@@ -237,7 +252,7 @@ def _run_stage(args: argparse.Namespace) -> int:
             )
         elif args.stage == "teacher":
             metrics = train_teacher(stage_cfg, world, sampler, run_dir, device, d, args.resume)
-            world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), cfg_scale=1.5)
+            world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), guidance_scale=1.5)
         elif args.stage == "student":
             metrics = train_student(stage_cfg, world, sampler, run_dir, device, d, args.resume)
         else:

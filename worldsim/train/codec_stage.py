@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.engine.world import WorldConfig, WorldModel
+from worldsim.fidelity import psnr
 from worldsim.train.data import AlignedEpisode
 from worldsim.train.loop import Checkpointer, Dist, RunLog, sync_grads
 
@@ -38,12 +39,6 @@ class CodecTrainConfig:
     seed: int = 0
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between uint8 images."""
-    mse = F.mse_loss(a.float(), b.float()).item()
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 class FrameSampler:
     def __init__(self, eps: list[AlignedEpisode], seed: int) -> None:
         self.frames = np.concatenate([e.frames for e in eps])  # (F, H, W, 3) uint8
@@ -58,7 +53,18 @@ def evaluate(world: WorldModel, frames: np.ndarray, device: torch.device, n: int
     idx = np.linspace(0, len(frames) - 1, min(n, len(frames))).astype(int)
     x = torch.from_numpy(frames[idx]).to(device)
     rec = torch.cat([world.codec.decode(world.codec.encode(x[i : i + 256])) for i in range(0, len(x), 256)])
-    return psnr(rec, x)
+    # PSNR of the MSE pooled over all frames (they are stacked into one tall frame), as the cards report it.
+    w = x.shape[-2]
+    return float(psnr(rec.cpu().numpy().reshape(-1, w, 3), x.cpu().numpy().reshape(-1, w, 3)))
+
+
+@torch.no_grad()
+def _latent_stats(codec: torch.nn.Module, sampler: FrameSampler, device: torch.device) -> None:
+    """Per-channel latent mean/std on training frames, so the denoiser sees unit-variance latents."""
+    x = codec.to_unit(sampler.sample(2048).to(device))
+    z = torch.cat([codec.encode_unit(x[i : i + 256]) for i in range(0, len(x), 256)])
+    codec.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
+    codec.latent_std.copy_(z.std(dim=(0, 2, 3)).clamp_min(1e-3))
 
 
 def train_codec(
@@ -70,8 +76,11 @@ def train_codec(
     device: torch.device,
     d: Dist,
     resume: bool = False,
+    init: WorldModel | None = None,
 ) -> tuple[WorldModel, dict[str, float]]:
-    world = WorldModel(world_cfg).to(device)
+    """Train the codec of a new world (or fine-tune ``init``'s for ``cfg.steps``: 0 keeps it as it is,
+    latent statistics included, so ``init``'s denoiser still fits it)."""
+    world = init.to(device) if init is not None else WorldModel(world_cfg).to(device)
     codec = world.codec
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -100,12 +109,8 @@ def train_codec(
             ck.save(step + 1)
     run.close()
 
-    # Latent statistics, so the denoiser sees unit-variance latents.
-    with torch.no_grad():
-        x = codec.to_unit(sampler.sample(2048).to(device))
-        z = torch.cat([codec.encode_unit(x[i : i + 256]) for i in range(0, len(x), 256)])
-        codec.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
-        codec.latent_std.copy_(z.std(dim=(0, 2, 3)).clamp_min(1e-3))
+    if init is None or cfg.steps > 0:
+        _latent_stats(codec, sampler, device)
     val_frames = np.concatenate([e.frames for e in val_eps])
     metrics = {"codec_psnr_val": evaluate(world, val_frames, device)}
     log.info("codec: held-out PSNR %.2f dB on %d frames", metrics["codec_psnr_val"], min(2048, len(val_frames)))

@@ -1,0 +1,121 @@
+"""Exploration mixing and the data diagnostic (action predictability, state coverage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from worldsim.data.diagnostic import DiagnosticConfig, coverage, diagnose
+from worldsim.data.episodes import Episode
+from worldsim.data.policies import Exploration, PolicyError, explore
+from worldsim.data.record import RecordConfig, record, record_episode
+from worldsim.spaces import ActionSpec
+
+
+# ---------------------------------------------------------------------------- exploration
+def _rollout(plan: dict, seed: int, steps: int = 200, hold: float = 1.0) -> list[int]:
+    space = gym.spaces.Discrete(3)
+    policy = explore(lambda env, frame: 2, space, np.random.default_rng(seed), plan, hold)
+    return [int(policy(None, None)) for _ in range(steps)]
+
+
+def test_exploration_is_reproducible_from_the_seed() -> None:
+    plan = {"epsilon": 0.4, "branch_at": None}
+    assert _rollout(plan, 7, hold=3.0) == _rollout(plan, 7, hold=3.0)
+    assert _rollout(plan, 7, hold=3.0) != _rollout(plan, 8, hold=3.0)
+    x = Exploration(epsilon_range=(0.1, 0.9), branch=0.5)
+    assert x.plan(np.random.default_rng(3)) == x.plan(np.random.default_rng(3))
+
+
+def test_exploration_shares_and_full_random_play() -> None:
+    none = _rollout({"epsilon": 0.0, "branch_at": None}, 0)
+    assert set(none) == {2}  # the policy alone
+    full = _rollout({"epsilon": 1.0, "branch_at": None}, 0, steps=3000)
+    counts = np.bincount(full, minlength=3) / len(full)
+    assert np.all(np.abs(counts - 1 / 3) < 0.04)  # uniform: the policy's action 2 is no likelier
+    half = _rollout({"epsilon": 0.5, "branch_at": None}, 0, steps=3000)
+    # explored frames play a uniform action (2 with prob 1/3): P(not 2) = 0.5 * 2/3
+    assert abs(np.mean(np.array(half) != 2) - 1 / 3) < 0.04
+    branched = _rollout({"epsilon": 0.0, "branch_at": 50}, 0, steps=400)
+    assert set(branched[:50]) == {2} and len(set(branched[50:])) == 3
+
+
+def test_exploration_checks_its_config() -> None:
+    with pytest.raises(PolicyError, match="epsilon_range"):
+        Exploration(epsilon_range=(0.5, 0.2))
+    with pytest.raises(PolicyError, match="hold"):
+        Exploration(hold=0.5)
+
+
+def test_recording_with_exploration_is_reproducible(tmp_path: Path) -> None:
+    cfg = RecordConfig(
+        env_id="CartPole-v1", out=tmp_path / "a", episodes=4, policies=(("scripted", 1.0),), max_steps=40,
+        frameskip=2, explore=Exploration(epsilon_range=(1.0, 1.0)),
+    )  # fmt: skip
+    manifest = record(cfg, progress=False)
+    assert manifest["explore"]["epsilon_range"] == [1.0, 1.0]
+    assert manifest["shards"][0]["explore"][0]["epsilon"] == 1.0
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    spec = ActionSpec.from_space(env.action_space)
+    a, b = (record_episode(env, cfg, 1, spec) for _ in range(2))
+    assert np.array_equal(a.actions, b.actions) and np.array_equal(a.frames, b.frames)
+
+
+# ---------------------------------------------------------------------------- the diagnostic
+def _dot_episodes(deterministic: bool, n: int = 24, steps: int = 60, seed: int = 0) -> list[Episode]:
+    """A dot drifting on a white frame; the action is a function of where it is (or random)."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(n):
+        x = rng.uniform(8, 56)
+        frames, actions = [], []
+        for _ in range(steps + 1):
+            f = np.full((64, 64, 3), 255, np.uint8)
+            f[28:36, int(x) - 3 : int(x) + 3] = 0
+            frames.append(f)
+            a = int(x < 32) if deterministic else int(rng.integers(2))
+            actions.append(a)
+            x = float(np.clip(x + (2.0 if a else -2.0) + rng.normal(0, 1.0), 4, 60))
+        eps.append(
+            Episode(
+                frames=np.stack(frames),
+                actions=np.array(actions[:-1], np.int64),
+                rewards=np.zeros(steps, np.float32),
+                terminated=np.zeros(steps, bool),
+                truncated=np.zeros(steps, bool),
+                seed=i,
+                episode_id=i,
+            )  # fmt: skip
+        )
+    return eps
+
+
+SPEC = ActionSpec(kind="discrete", n=2)
+FAST = DiagnosticConfig(max_samples=1200, steps=150, batch=64)
+
+
+def test_diagnostic_flags_a_deterministic_policy_and_passes_random_play() -> None:
+    det = diagnose(_dot_episodes(True), SPEC, cfg=FAST)
+    rnd = diagnose(_dot_episodes(False), SPEC, cfg=FAST)
+    assert det.predictability > 0.8 and det.warning is not None and "--explore" in det.warning
+    assert rnd.predictability < 0.3 and rnd.warning is None
+    assert rnd.accuracy is not None and rnd.baseline is not None and abs(rnd.accuracy - rnd.baseline) < 0.15
+
+
+def test_diagnostic_box_actions() -> None:
+    eps = _dot_episodes(True)
+    for e in eps:  # a Box(1) action: the dot's position, known from the frame
+        x = np.array([np.argmin(f[32, :, 0]) for f in e.frames[:-1]], np.float32)
+        e.actions = ((x - 32) / 32).reshape(-1, 1)
+    spec = ActionSpec(kind="box", n=1, shape=(1,), low=(-1.0,), high=(1.0,))
+    d = diagnose(eps, spec, cfg=FAST)
+    assert d.r2 is not None and d.r2 > 0.6 and d.warning is not None
+
+
+def test_coverage_counts_bins_of_the_declared_range() -> None:
+    states = np.stack([np.linspace(-1, 1, 1000), np.zeros(1000)], 1)
+    c = coverage(states, ("a", "b"), {"a": (-1.0, 1.0), "b": (-1.0, 1.0)})
+    assert c["a"]["bins_covered"] == 1.0 and c["b"]["bins_covered"] == 0.1
