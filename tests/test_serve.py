@@ -37,10 +37,10 @@ from worldsim.client import (
 )
 from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldModel
-from worldsim.wire import encoding as enc
-from worldsim.wire._proto import world_pb2 as pb
 from worldsim.serve.server import BackgroundServer, ServeConfig
 from worldsim.testing import tiny_world
+from worldsim.wire import encoding as enc
+from worldsim.wire._proto import world_pb2 as pb
 
 
 @contextmanager

@@ -127,9 +127,11 @@ class ActionSpec:
         if self.kind == "discrete":
             arr = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
             if arr.ndim != 1:
-                raise ActionError(f"expected a batch of {self.describe()} actions of shape ({b},), got shape {arr.shape}")
+                raise ActionError(
+                    f"expected a batch of {self.describe()} actions of shape ({b},), got shape {arr.shape}"
+                )
         else:
-            if arr.ndim > 2:
+            if arr.ndim > 2 and tuple(arr.shape[1:]) == tuple(self.shape):  # a batch of (B, *shape)
                 arr = arr.reshape(arr.shape[0], -1)
             if arr.ndim != 2 or arr.shape[1] != self.n:
                 raise ActionError(

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.display import has_display
+
 __all__ = ["Setup", "add_arguments", "build", "load_actions", "main"]
 
 
@@ -103,12 +105,14 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
 
     ``world_def``: a WorldDef-like object to use instead of looking one up by name.
     """
-    from worldsim.play.game import LocalBackend, PlayerCore, RealGame, RemoteBackend
+    from worldsim.play.game import CompareGame, LocalBackend, PlayerCore, RemoteBackend
     from worldsim.play.keys import fallback_keymap
 
     if args.remote:
+        from worldsim.client import RemoteWorld
+
         try:
-            backend: Any = RemoteBackend(args.remote, args.world, seed=args.seed, token=args.token)
+            backend: Any = RemoteBackend(RemoteWorld(args.remote, args.world, token=args.token, seed=args.seed))
         except Exception as e:  # RemoteError and friends: say what failed, without a traceback
             raise ConnectionError(f"cannot open world {args.world!r} at {args.remote}: {e}") from e
     else:
@@ -131,7 +135,7 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
                 raise ValueError(
                     f"--compare needs a bundled world (its definition names the real game); {args.world!r} is not one"
                 )
-            real = RealGame(wd, size=backend.image_size)
+            real = CompareGame(wd, size=backend.image_size, action_spec=backend.spec)
         spec = backend.spec
         keymap = dict(wd.keymap) if wd is not None and wd.keymap else fallback_keymap(spec)
         default = wd.default_action if wd is not None else (spec.start if spec.kind == "discrete" else 0)
@@ -226,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
         os.environ["SDL_VIDEODRIVER"] = "dummy"
         if args.seed is None:
             args.seed = 0  # headless runs are reproducible unless asked otherwise
-    elif not _has_display():
+    elif not has_display():
         return _no_display(args)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
@@ -277,9 +281,3 @@ def main(args: argparse.Namespace) -> int:
     finally:
         app.close()
     return 0
-
-
-def _has_display() -> bool:
-    from worldsim.play.app import has_display
-
-    return has_display()

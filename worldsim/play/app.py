@@ -8,8 +8,6 @@ else GIF), ESC or closing the window quits. All game logic is in :class:`PlayerC
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,15 +23,6 @@ log = logging.getLogger(__name__)
 
 class NoDisplay(RuntimeError):
     """SDL cannot open a window here."""
-
-
-def has_display() -> bool:
-    """False when a window surely cannot open (Linux without X11/Wayland and no SDL driver set)."""
-    if os.environ.get("SDL_VIDEODRIVER"):
-        return True  # an explicit driver (dummy, offscreen, kmsdrm, ...): let SDL try
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
 
 
 class PlayerApp:

@@ -8,6 +8,7 @@ it returns, so everything here runs and is tested without a window.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,53 +16,63 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.episodes import EpisodeTracker, resolve_max_episode_steps, validate_action
 from worldsim.play.recorder import Recorder
+from worldsim.real import GameSpec, RealGame
 
 GAP = 4
 """Pixels between the neural and the real frame in compare mode (keeps 64+4+64 a multiple of 4)."""
 
 
 class LocalBackend:
-    """The engine in this process (one Session row)."""
+    """The engine in this process: one Session row, with the episode rules every surface shares
+    (:mod:`worldsim.episodes`: seeds, time limit, action validation), so ``reset(seed=s)`` and the
+    steps after it show what ``WorldEnv`` shows. ``max_episode_steps``: None is the world's
+    default limit, 0 none."""
 
     remote = False
 
-    def __init__(self, world: Any, seed: int | None = None) -> None:
+    def __init__(self, world: Any, seed: int | None = None, max_episode_steps: int | None = None) -> None:
         self.world = world
-        self.session = world.session(batch=1, seed=seed)
+        self.session = world.session(batch=1, seed=0)  # reseeded by every reset
         self.spec = world.action_spec
         self.name = str(world.config.name)
         self.fps = float(world.config.fps)
         self.context_frames = int(world.config.context_frames)
         self.image_size = int(world.config.codec.image_size)
+        self.episodes = EpisodeTracker(1, resolve_max_episode_steps(max_episode_steps, self.name))
         self.last_rtt_ms: float | None = None
 
     def reset(
         self, seed: int | None = None, frames: np.ndarray | None = None, actions: np.ndarray | None = None
     ) -> np.ndarray:
-        return self.session.reset(frames=frames, actions=actions, seed=seed)[0]
+        """A new episode (``seed`` reseeds the row's ``np_random``, None continues it); its first frame."""
+        engine_seeds = self.episodes.begin([0], [seed])
+        return self.session.reset(frames=frames, actions=actions, seed=engine_seeds, rows=[0])[0]
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, float]:
-        out = self.session.step(np.asarray(action)[None])
-        return out.frames[0], float(out.rewards[0]), bool(out.terminated[0]), False, out.latency_ms
+        """(frame, reward, terminated, truncated, model latency in ms); ActionError for a bad action."""
+        a = validate_action(self.spec, action)
+        out = self.session.step(a[None])
+        truncated = self.episodes.record(out.rewards, out.terminated)
+        return out.frames[0], float(out.rewards[0]), bool(out.terminated[0]), bool(truncated[0]), out.latency_ms
 
     def close(self) -> None:
         pass
 
 
 class RemoteBackend:
-    """A world served by ``worldsim serve`` (``--remote host:port``), through ``RemoteWorld``."""
+    """A world served by ``worldsim serve`` (``--remote host:port``), through an open
+    :class:`~worldsim.client.RemoteWorld` (``worldsim.play.build`` opens it)."""
 
     remote = True
 
-    def __init__(self, address: str, world: str, seed: int | None = None, token: str | None = None) -> None:
-        from worldsim.client import RemoteWorld
-
-        self.env = RemoteWorld(address, world, token=token, seed=seed)
-        self.spec = self.env.action_spec
-        self.name = world
-        info = self.env.world_info
-        self.fps = float(info.get("fps") or self.env.metadata["render_fps"])
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.spec = env.action_spec
+        self.name = env.world_name
+        info = env.world_info
+        self.fps = float(info.get("fps") or env.metadata["render_fps"])
         self.context_frames = int(info.get("context_frames") or 0)
         self.image_size = int(info["observation_shape"][0])
         self.last_rtt_ms: float | None = None
@@ -82,51 +93,48 @@ class RemoteBackend:
         self.env.close()
 
 
-class RealGame:
-    """The real game behind a world (a ``WorldDef``-like object: ``make_env``, ``frameskip``,
-    ``crop``), its frames preprocessed to the model's size exactly like the recordings."""
+class CompareGame:
+    """The real game beside the neural one (compare mode): :class:`worldsim.real.RealGame` for a
+    ``WorldDef``-like object, its frames at the model's size; frozen once its episode ends."""
 
-    def __init__(self, world_def: Any, size: int = 64) -> None:
-        from worldsim.data.frames import preprocess
+    def __init__(self, world_def: Any, size: int = 64, action_spec: Any = None) -> None:
+        spec = dataclasses.replace(GameSpec.from_world(world_def), size=size)
+        self.game = RealGame(spec, action_spec, getattr(world_def, "true_state", None))
 
-        self.wd = world_def
-        self.env = world_def.make_env()
-        self.frameskip = max(1, int(getattr(world_def, "frameskip", 1)))
-        crop = getattr(world_def, "crop", None)
-        self._pre = lambda: preprocess(self.env.render(), crop, size)
-        self.done = False
+    @property
+    def env(self) -> Any:
+        """The Gymnasium env (scripted policies read its state)."""
+        return self.game.env
+
+    @property
+    def done(self) -> bool:
+        return self.game.done
+
+    @done.setter
+    def done(self, value: bool) -> None:
+        self.game.done = value
 
     def reset(self, seed: int | None, k: int, default_action: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Reset and play ``k - 1`` idle steps: K context frames and the actions between them."""
-        self.env.reset(seed=seed)
-        frames, actions = [self._pre()], [_idle(default_action, 0)]
+        """Reset and play ``k - 1`` idle frames: K context frames and the actions between them."""
+        frames, actions = [self.game.reset(seed)], [_idle(default_action, 0)]
         for i in range(k - 1):
             a = _idle(default_action, i)
-            self._step_raw(a)
-            frames.append(self._pre())
+            if not self.game.done:
+                self.game.step(a)
+            frames.append(self.game.frame())
             actions.append(a)
-        self.done = False
+        self.game.done = False
         return np.stack(frames), np.asarray(actions)
-
-    def _step_raw(self, action: Any) -> tuple[float, bool]:
-        total, done = 0.0, False
-        for _ in range(self.frameskip):
-            _, r, term, trunc, _ = self.env.step(action)
-            total += float(r)
-            done = bool(term or trunc)
-            if done:
-                break
-        return total, done
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool]:
         """One frame (``frameskip`` env steps, the action held); a finished game stays frozen."""
-        if self.done:
-            return self._pre(), 0.0, True
-        r, self.done = self._step_raw(action)
-        return self._pre(), r, self.done
+        if self.game.done:
+            return self.game.frame(), 0.0, True
+        out = self.game.step(action)
+        return self.game.frame(), out.reward, out.done
 
     def close(self) -> None:
-        self.env.close()
+        self.game.close()
 
 
 def _idle(default_action: Any, i: int) -> Any:
@@ -144,6 +152,7 @@ class PlayerState:
     reward: float = 0.0
     episode_return: float = 0.0
     terminated: bool = False
+    truncated: bool = False
     real_reward: float = 0.0
     real_return: float = 0.0
     real_done: bool = False
@@ -166,7 +175,7 @@ class PlayerCore:
     def __init__(
         self,
         backend: Any,
-        real: RealGame | None = None,
+        real: CompareGame | None = None,
         default_action: Any = 0,
         seed: int | None = None,
         record_scale: int = 4,
@@ -181,8 +190,11 @@ class PlayerCore:
 
     # ------------------------------------------------------------------ game
     def reset(self) -> None:
-        """A new episode in both games (the neural one from the real game's first frames)."""
-        seed = None if self.seed is None else self.seed + self.episode
+        """A new episode in both games (the neural one from the real game's first frames).
+
+        The first episode is seeded with ``seed``; later ones continue from it, as
+        ``env.reset(seed=s)`` then ``env.reset()`` do, so a seeded session replays exactly."""
+        seed = self.seed if self.episode == 0 else None
         self.episode += 1
         if self.real is not None:
             k = max(1, int(getattr(self.backend, "context_frames", 1) or 1))
@@ -206,7 +218,7 @@ class PlayerCore:
         if s.paused:
             return False
         frame, reward, term, trunc, latency = self.backend.step(action)
-        s.frame, s.reward, s.terminated, s.latency_ms = frame, reward, term or trunc, latency
+        s.frame, s.reward, s.terminated, s.truncated, s.latency_ms = frame, reward, term, trunc, latency
         s.rtt_ms = getattr(self.backend, "last_rtt_ms", None)
         s.action, s.frame_index = action, s.frame_index + 1
         s.episode_return += reward
@@ -220,8 +232,8 @@ class PlayerCore:
 
     @property
     def over(self) -> bool:
-        """The episode has ended (the model predicted termination, or the real game ended)."""
-        return self.state.terminated or self.state.real_done
+        """The episode has ended (the model predicted termination, the time limit, or the real game ended)."""
+        return self.state.terminated or self.state.truncated or self.state.real_done
 
     def view(self) -> np.ndarray:
         """What the player sees at model resolution: the neural frame, or neural | gap | real."""

@@ -32,6 +32,8 @@ def hud_lines(state: Any, *, held: list[str] | None = None, title: str = "", tar
         lines.append(f"real reward {state.real_reward:+.2f}  return {state.real_return:+.1f}")
     if state.terminated:
         lines.append("EPISODE OVER (model) - R resets")
+    elif state.truncated:
+        lines.append("TIME LIMIT - R resets")
     if state.real_done:
         lines.append("REAL GAME OVER - R resets")
     if state.paused:

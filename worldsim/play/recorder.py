@@ -129,15 +129,3 @@ class Recorder:
             self._writer.close()
         log.info("wrote %d frames to %s", self.n_frames, self.path)
         return self.path
-
-
-def write_video(path: str | Path, frames: list[np.ndarray], fps: float, scale: int = 4) -> Path:
-    """Write RGB frames (H, W, 3) uint8 in one go; the suffix picks the format (.gif, .mp4)."""
-    if not frames:
-        raise ValueError("no frames to write")
-    rec = Recorder(path, fps, scale)
-    for f in frames:
-        rec.add(f)
-    out = rec.close()
-    assert out is not None
-    return out

@@ -38,11 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from worldsim.engine.world import WorldModel
-from worldsim.wire import encoding as enc
-from worldsim.wire._proto import world_pb2 as pb
-from worldsim.wire._proto import world_pb2_grpc as pb_grpc
 from worldsim.serve.auth import REASON_KEY, TokenAuthInterceptor
-from worldsim.wire.convert import action_from_proto, action_space_to_proto, context_from_proto
 from worldsim.serve.sessions import (
     ClientSession,
     InvalidAction,
@@ -56,6 +52,10 @@ from worldsim.serve.sessions import (
     WorldNotFound,
 )
 from worldsim.spaces import ActionError
+from worldsim.wire import encoding as enc
+from worldsim.wire._proto import world_pb2 as pb
+from worldsim.wire._proto import world_pb2_grpc as pb_grpc
+from worldsim.wire.convert import action_from_proto, action_space_to_proto, context_from_proto
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["WorldService"].full_name  # "worldsim.v1.WorldService"
