@@ -81,3 +81,38 @@ def test_the_action_rules() -> None:
     assert "(B" not in str(e.value)
     with pytest.raises(ActionError, match=r"expected 2 actions \(one per row\), got 1"):
         d.validate([0], batch=2)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_surfaces_import_the_engine_episodes_real_and_wire_only() -> None:
+    """No surface knows the model or the KV cache; the client never imports the server; the
+    player's game logic never imports the client."""
+    root = Path(__file__).resolve().parents[1] / "worldsim"
+    files = [
+        root / "client.py",
+        *(root / "gym").glob("*.py"),
+        *(root / "serve").glob("*.py"),
+        *(root / "play").glob("*.py"),
+    ]
+    assert len(files) > 10
+    for f in files:
+        bad = {
+            m
+            for m in _imports(f)
+            if m.startswith("worldsim.model") or m in ("worldsim.engine.cache", "worldsim.engine.sampler")
+        }
+        assert not bad, f"{f.relative_to(root)} imports {bad}"
+    assert not {m for m in _imports(root / "client.py") if m.startswith("worldsim.serve")}
+    assert "worldsim.client" not in _imports(root / "play" / "game.py")

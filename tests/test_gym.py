@@ -93,6 +93,27 @@ def test_registration_and_make_vec(tiny_world_path: Path) -> None:
     assert make_vec_env(tiny_world_path, 2).num_envs == 2
 
 
+def test_default_time_limit(tiny_world_path: Path) -> None:
+    """A world of your own ends its episodes after 1000 steps unless told otherwise; a bundled one
+    after its WorldDef's limit; gym.make counts with its TimeLimit wrapper, the env then none."""
+    from worldsim.episodes import DEFAULT_MAX_EPISODE_STEPS, default_max_episode_steps
+    from worldsim.worlds import get_world
+
+    assert WorldEnv(tiny_world_path).core.max_episode_steps == DEFAULT_MAX_EPISODE_STEPS == 1000
+    assert WorldEnv(tiny_world_path, max_episode_steps=0).core.max_episode_steps == 0  # no limit
+    assert WorldVectorEnv(tiny_world_path, num_envs=2).core.max_episode_steps == 1000
+    assert default_max_episode_steps("cartpole") == get_world("cartpole").max_episode_steps
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        WorldEnv(tiny_world_path, max_episode_steps=-1)
+    register_world("worldsim/TinyDefault-v0", tiny_world_path)
+    env = gym.make("worldsim/TinyDefault-v0")
+    assert env.spec is not None and env.spec.max_episode_steps == 1000
+    assert env.unwrapped.core.max_episode_steps == 0  # type: ignore[attr-defined]
+    env = WorldEnv(tiny_world_path, max_episode_steps=2)
+    env.reset(seed=0)
+    assert [env.step(0)[3] for _ in range(3)] == [False, True, True]  # TimeLimit's rule, also past the limit
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     register_world("worldsim/Missing-v0", tmp_path / "nope.safetensors")  # registering reads nothing
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -216,13 +237,18 @@ def test_sb3_ppo_through_adapter(tiny_world_path: Path) -> None:
     vec.seed(0)
     obs = vec.reset()
     assert obs.shape == (2, 64, 64, 3) and obs.dtype == np.uint8
+    returns: list[list[float]] = [[], []]
     for _ in range(5):
         obs, rew, done, infos = vec.step(np.array([0, 1]))
+        returns[0].append(float(rew[0]))
     assert rew.dtype == np.float32 and done.all()
     assert infos[0]["TimeLimit.truncated"] and infos[0]["terminal_observation"].shape == (64, 64, 3)
     assert infos[0]["frame_index"] == 5 and vec.reset_infos[0]["frame_index"] == 0
+    ep = infos[0]["episode"]  # what SB3's Monitor writes: SB3 logs ep_rew_mean without a VecMonitor
+    assert ep["l"] == 5 and ep["t"] >= 0 and ep["r"] == pytest.approx(sum(returns[0]), abs=1e-4)
     model = PPO("CnnPolicy", vec, n_steps=16, batch_size=16, n_epochs=1, verbose=0, seed=0)
     model.learn(total_timesteps=32)  # SB3 adds VecTransposeImage for channel-last images
+    assert len(model.ep_info_buffer) >= 2 and all(e["l"] == 5 for e in model.ep_info_buffer)
     action, _ = model.predict(vec.reset())
     assert action.shape == (2,)
 

@@ -167,7 +167,9 @@ def compare(traces: dict[str, list[tuple[str, Transition]]]) -> list[str]:
         for i, ((what, a), (_, b)) in enumerate(zip(ref, tr)):
             where = f"{name} vs {ref_name}: op {i} ({what})"
             if a.frame.shape != b.frame.shape or not np.array_equal(a.frame, b.frame):
-                diff = np.abs(a.frame.astype(int) - b.frame.astype(int)).max() if a.frame.shape == b.frame.shape else "-"
+                diff = (
+                    np.abs(a.frame.astype(int) - b.frame.astype(int)).max() if a.frame.shape == b.frame.shape else "-"
+                )
                 problems.append(f"{where}: frames differ (max {diff})")
             for field in ("reward", "terminated", "truncated"):
                 if getattr(a, field) != getattr(b, field):

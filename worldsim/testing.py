@@ -69,27 +69,20 @@ def tiny_world(action_space: Any = None, seed: int = 0, n_start: int = 4, **worl
 
 
 def real_episode(world_def: Any, seed: int, steps: int, policy: Any) -> tuple[np.ndarray, list[Any]]:
-    """The real game's frames as a world sees them (the recorder's crop and 64x64 resize, ``frameskip``
-    env steps per frame with the action held) and the actions taken, for comparing a trained world
-    with its game. ``policy(env, rng) -> action`` is called once per frame; frames[i + 1] follows
-    actions[i]. Stops early if the episode ends."""
-    from worldsim.data.frames import preprocess
+    """The real game's frames as a world sees them (:class:`worldsim.real.RealGame`: the recorder's
+    crop and 64x64 resize, ``frameskip`` env steps per frame with the action held) and the actions
+    taken, for comparing a trained world with its game. ``policy(env, rng) -> action`` is called
+    once per frame; frames[i + 1] follows actions[i]. Stops early if the episode ends."""
+    from worldsim.real import RealGame
 
-    env = world_def.make_env()
-    env.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    frames, actions = [preprocess(env.render(), world_def.crop)], []
-    for _ in range(steps):
-        a = policy(env, rng)
-        done = False
-        for _ in range(world_def.frameskip):
-            _, _, term, trunc, _ = env.step(a)
-            done = term or trunc
+    with RealGame.from_world(world_def) as game:
+        frames, actions = [game.reset(seed)], []
+        for _ in range(steps):
+            a = policy(game.env, rng)
+            done = game.step(a).done
+            frames.append(game.frame())
+            actions.append(a)
             if done:
                 break
-        frames.append(preprocess(env.render(), world_def.crop))
-        actions.append(a)
-        if done:
-            break
-    env.close()
     return np.stack(frames), actions
