@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def surfaces(path: str | Path, address: str, world: str, max_episode_steps: int)
     from worldsim.play.game import LocalBackend
 
     limit = max_episode_steps
-    out = {
+    out: dict[str, Any] = {
         "WorldEnv": EnvSurface(WorldEnv(path, max_episode_steps=limit, device="cpu")),
         "WorldVectorEnv[0]": VectorRowSurface(WorldVectorEnv(path, num_envs=1, max_episode_steps=limit, device="cpu")),
         "RemoteWorld": EnvSurface(RemoteWorld(address, world, max_episode_steps=limit)),
@@ -252,7 +253,7 @@ def check_wire_actions(client: Any, session_id: str, spec: ActionSpec, actions: 
         msg = _raw_action(a, spec)
         if msg is None:
             continue
-        want = outcome(lambda a=a: validate_action(spec, a))
+        want = outcome(partial(validate_action, spec, a))
         try:
             frame = client.call("Step", pb.StepRequest(session_id=session_id, action=msg))
             got = "accepted"
