@@ -63,6 +63,7 @@ def test_run_serves_the_checkpoint_itself(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     tiny_world().save(path)
     assert compliance.run(path, max_episode_steps=2) == []
+    assert compliance.main([str(path), "--max-episode-steps", "1"]) == 0  # python -m worldsim.compliance
 
 
 def test_the_action_rules() -> None:

@@ -10,7 +10,9 @@ and give it the checkpoint it serves::
     from worldsim.compliance import run
     problems = run("my.safetensors", address="host:50051", world="my")   # [] when it conforms
 
-Without an address, :func:`run` serves the checkpoint itself on a loopback port.
+Without an address, :func:`run` serves the checkpoint itself on a loopback port. From a shell::
+
+    python -m worldsim.compliance my.safetensors --address host:50051 --world my
 """
 
 from __future__ import annotations
@@ -327,6 +329,22 @@ def _server(path: str | Path, address: str | None, world: str) -> Iterator[tuple
         yield srv.address, world
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m worldsim.compliance PATH [--address HOST:PORT --world NAME]``: 0 when every surface agrees."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", type=Path, help="the world checkpoint (the one the server serves)")
+    p.add_argument("--address", default=None, help="a running server (default: serve PATH on a loopback port)")
+    p.add_argument("--world", default="world", help="the name the server serves PATH under")
+    p.add_argument("--max-episode-steps", type=int, default=4, help="time limit of the scripted episodes")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    problems = run(args.path, args.address, args.world, args.max_episode_steps)
+    log.info("conformance: %s", f"{len(problems)} problem(s)" if problems else "every surface agrees")
+    return 1 if problems else 0
+
+
 __all__ = [
     "ACTIONS",
     "BackendSurface",
@@ -343,3 +361,7 @@ __all__ = [
     "surfaces",
     "trace",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

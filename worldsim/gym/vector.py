@@ -36,6 +36,10 @@ class WorldVectorEnv(VectorEnv):
     ``"frames"``: context frames ``(K, 64, 64, 3)`` for every row or ``(num_envs, K, 64, 64, 3)``
     (with ``"actions"`` likewise) instead of the world's start clips.
 
+    Episodes follow :mod:`worldsim.episodes` (the rules every surface shares): ``truncated`` once
+    ``max_episode_steps`` steps were taken (None: the world's default limit, 0: none), whatever
+    ``terminated`` says.
+
     Infos use Gymnasium's vector layout: ``info["frame_index"]`` (num_envs,) with the mask
     ``info["_frame_index"]``; ``latency_ms`` is the wall time of the whole batched step.
     """
