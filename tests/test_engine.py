@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from worldsim.checkpoint import CheckpointError
-from worldsim.engine import CacheConfig, KVCache, WorldModel, commit_frame, denoise_frame
+from worldsim.engine import CacheConfig, KVCache, SamplerConfig, WorldModel, commit_frame, denoise_frame
 from worldsim.model.denoiser import CausalDenoiser, DenoiserConfig
 from worldsim.spaces import ActionError, ActionSpec
 from worldsim.testing import tiny_world
@@ -259,15 +259,64 @@ def test_reset_single_row_keeps_others() -> None:
     assert out.frames.shape == (2, 64, 64, 3)
 
 
-def test_cfg_session_runs() -> None:
-    from worldsim.engine import SamplerConfig
-
-    world = tiny_world(sampler=SamplerConfig(cfg_scale=2.0))
+def test_guided_session_resets_one_row() -> None:
+    """With guidance each row owns two cache rows; resetting one row leaves the other's two alone."""
+    world = tiny_world(sampler=SamplerConfig(guidance_scale=2.0))
     s = world.session(2, seed=0)
     s.reset()
     assert s.cache.batch == 4
     assert s.step([0, 1]).frames.shape == (2, 64, 64, 3)
+    k_row1 = s.cache.k[:, 2:4].clone()
     s.reset(rows=[0])
+    K = world.config.context_frames
+    assert s.cache.count.tolist() == [K, K, K + 1, K + 1]
+    assert torch.equal(s.cache.k[:, 2:4], k_row1)
+    assert s.step([1], rows=[0]).frames.shape == (1, 64, 64, 3)
+
+
+def test_guided_rollout_differs_from_unguided() -> None:
+    """The guidance scale reaches the sampler (so the guided tests below test guidance)."""
+    frames = []
+    for scale in (1.0, 3.0):
+        world = tiny_world(sampler=SamplerConfig(guidance_scale=scale))
+        s = world.session(1, seed=0)
+        s.reset()
+        frames.append(np.stack([s.step([i % 2]).frames for i in range(3)]))
+    assert not np.array_equal(frames[0], frames[1])
+
+
+def test_old_guidance_key_loads(tmp_path: Path) -> None:
+    """Checkpoints written before the rename store ``sampler.cfg_scale``; they load as before."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    world = tiny_world(sampler=SamplerConfig(guidance_scale=2.0))
+    new = tmp_path / "new.safetensors"
+    world.save(new)
+    with safe_open(str(new), "pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    config["sampler"]["cfg_scale"] = config["sampler"].pop("guidance_scale")
+    old = tmp_path / "old.safetensors"
+    save_file(world.state_tensors(), str(old), metadata={**meta, "config": json.dumps(config)})
+    a, b = WorldModel.load(new, device="cpu"), WorldModel.load(old, device="cpu")
+    assert b.config == a.config and b.config.sampler.guidance_scale == 2.0
+    sa, sb = a.session(1, seed=4), b.session(1, seed=4)
+    sa.reset(), sb.reset()
+    assert np.array_equal(sa.step([1]).frames, sb.step([1]).frames)
+
+
+def test_cache_mask_is_a_policy_argument() -> None:
+    """``context(mask=...)``: auto looks at the slots, always/never are the caller's word."""
+    m, _ = _model()
+    cache = KVCache(m.cfg, CacheConfig(window=2, sink=0), 1)
+    assert cache.context(mask="auto").mask is not None  # empty slots: masked
+    assert cache.context(mask="never").mask is None
+    cache.frame_idx[:] = torch.tensor([[0, 1]])
+    cache.count[:] = 2
+    assert cache.context(mask="auto").mask is None  # every slot filled
+    mask = cache.context(mask="always").mask
+    assert mask is not None and bool(mask.all())
 
 
 @pytest.mark.parametrize(
@@ -310,9 +359,12 @@ def test_reset_from_given_frames() -> None:
         s.reset(frames=np.zeros((2, 32, 32, 3), np.uint8))
 
 
-def test_step_subsets_of_rows() -> None:
-    """Stepping a prefix (cache view) or any subset (gather/scatter) of rows == stepping them alone."""
-    world = tiny_world()
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_step_subsets_of_rows(guidance: float) -> None:
+    """Stepping a prefix (cache view) or any subset (gather/scatter) of rows == stepping them alone.
+
+    The same with guidance: the engine moves each row's two cache rows together."""
+    world = tiny_world(sampler=SamplerConfig(guidance_scale=guidance))
     full = world.session(3, seed=[5, 6, 7])
     full.reset()
     singles = [world.session(1, seed=s) for s in (5, 6, 7)]

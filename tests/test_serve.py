@@ -242,16 +242,20 @@ def test_a_row_never_advances_without_its_clients_action(tiny_world_path: Path) 
         b.close()
 
 
-def test_guided_world_serves_sessions_one_by_one(tiny_world_path: Path) -> None:
-    guided = tiny_world(sampler=SamplerConfig(cfg_scale=2.0))
-    with serving(tiny_world_path, {"guided": guided}) as srv:
-        assert srv.server is not None and not srv.server.hosts["guided"].shared
+def test_guided_world_is_served_like_any_other(tiny_world_path: Path) -> None:
+    """Guided sessions share the world's one engine; stepping others and closing (a row move) leave them unchanged."""
+    guided = tiny_world(sampler=SamplerConfig(guidance_scale=2.0))
+    with serving(tiny_world_path, {"guided": guided}) as srv, serving(tiny_world_path, {"guided": guided}) as alone:
+        assert srv.server is not None and srv.server.hosts["guided"].engine.batch == srv.server.hosts["tiny"].engine.batch
         a, b = RemoteWorld(srv.address, "guided", seed=0), RemoteWorld(srv.address, "guided", seed=1)
-        for env, action in ((a, 0), (a, 1), (b, 1)):
+        ref = RemoteWorld(alone.address, "guided", seed=1)  # b's rollout on a server of its own
+        for env, action in ((a, 0), (a, 1), (b, 1), (ref, 1)):
             env.step(action)
-        a.close()
-        assert b.step(0)[4]["frame_index"] == 2
-        b.close()
+        a.close()  # b moves from row 1 to row 0
+        out, want = b.step(0), ref.step(0)
+        assert out[4]["frame_index"] == 2
+        assert np.abs(out[0].astype(int) - want[0].astype(int)).max() <= 1
+        b.close(), ref.close()
 
 
 def test_idle_eviction(tiny_world_path: Path) -> None:

@@ -16,15 +16,31 @@ one frame.
 
 Rows are independent: each has its own frame count, so single rows can be reset (a new episode
 in a vector env) while the others keep their history.
+
+The denoiser reaches the cache only through :class:`worldsim.model.attention.KVStore`
+(``attention_kv``, ``store``, ``advance``), which this class implements; the mask of a pass is a
+policy the caller passes to :meth:`KVCache.context` (see :data:`MaskPolicy`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from worldsim.model.denoiser import AttnContext, DenoiserConfig, apply_rope, rope_tables
+from worldsim.model.attention import AttnContext, apply_rope, rope_tables
+from worldsim.model.denoiser import DenoiserConfig
+
+MaskPolicy = Literal["auto", "always", "never"]
+"""How :meth:`KVCache.context` decides on the attention mask of a pass.
+
+- ``auto``: look at the slots (one device-to-host sync per pass);
+- ``always``: a mask, correct for any fill state (no sync: CUDA graph capture allows none);
+- ``never``: the caller knows every slot of every row holds a frame: no mask (the flash-attn path).
+
+The engine's session mirrors each row's history on the host and passes ``always``/``never``.
+"""
 
 
 @dataclass
@@ -45,7 +61,12 @@ class CacheConfig:
 
 
 class KVCache:
-    """Preallocated per-layer K/V ring buffers with a batch dimension. Sized from the configs."""
+    """Preallocated per-layer K/V ring buffers with a batch dimension. Sized from the configs.
+
+    ``buffers`` (``k``, ``v``, ``frame_idx``, ``count``) builds a cache over existing tensors
+    instead of allocating (:meth:`narrow`, :meth:`gather`); ``is_view`` says they are shared with
+    another cache, so writes land there directly.
+    """
 
     def __init__(
         self,
@@ -54,27 +75,32 @@ class KVCache:
         batch: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        *,
+        buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        is_view: bool = False,
     ) -> None:
         self.model_cfg, self.cfg = model_cfg, cfg
-        self.batch = batch
+        self.batch, self.is_view = batch, is_view
         S, N, H, hd = cfg.capacity, model_cfg.tokens, model_cfg.heads, model_cfg.head_dim
-        shape = (model_cfg.depth, batch, H, S, N, hd)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.frame_idx = torch.full((batch, S), -1, device=device, dtype=torch.long)  # frame in each slot
-        self.count = torch.zeros(batch, device=device, dtype=torch.long)  # frames written per row
+        if buffers is None:
+            shape = (model_cfg.depth, batch, H, S, N, hd)
+            buffers = (
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.full((batch, S), -1, device=device, dtype=torch.long),  # frame in each slot
+                torch.zeros(batch, device=device, dtype=torch.long),  # frames written per row
+            )
+        self.k, self.v, self.frame_idx, self.count = buffers  # k/v (depth, B, H, S, N, hd)
+        if self.k.shape[1] != batch or self.count.shape[0] != batch:
+            raise ValueError(f"cache buffers hold {self.count.shape[0]} rows, expected {batch}")
+        # Memoised per frame (cleared whenever the cache changes): rotary tables of the slots,
+        # rotated keys per layer, and the slot each row writes.
         self._rotated: dict[int, torch.Tensor] = {}
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
         self._write_slot: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ bookkeeping
-    mask_mode: str = "auto"
-    """How :meth:`context` decides on the attention mask. ``auto``: look at the slots (a
-    device-to-host sync per pass). For CUDA graph capture, where no sync may happen, the caller
-    who knows the rows' histories says so: ``always`` (a mask, correct for any fill) or
-    ``never`` (every slot is filled in every row: the flash-attn path)."""
-
     @property
     def nbytes(self) -> int:
         """Bytes held by the K/V buffers (constant for the cache's life)."""
@@ -92,28 +118,21 @@ class KVCache:
         self._invalidate()
 
     # ------------------------------------------------------------------ row subsets
-    is_view: bool = False
-
     def narrow(self, n: int) -> KVCache:
         """The first ``n`` rows as a cache that shares this one's storage (no copy)."""
-        view = KVCache.__new__(KVCache)
-        view.model_cfg, view.cfg, view.batch, view.is_view = self.model_cfg, self.cfg, n, True
-        view.k, view.v = self.k[:, :n], self.v[:, :n]
-        view.frame_idx, view.count = self.frame_idx[:n], self.count[:n]
-        view._rotated = {}
-        view._invalidate()
-        return view
+        buffers = (self.k[:, :n], self.v[:, :n], self.frame_idx[:n], self.count[:n])
+        return KVCache(self.model_cfg, self.cfg, n, buffers=buffers, is_view=True)
 
     def gather(self, rows: list[int]) -> KVCache:
         """A copy of some rows as a new cache (write it back with :meth:`scatter`)."""
         idx = torch.as_tensor(rows, device=self.count.device)
-        sub = KVCache.__new__(KVCache)
-        sub.model_cfg, sub.cfg, sub.batch, sub.is_view = self.model_cfg, self.cfg, len(rows), False
-        sub.k, sub.v = self.k[:, idx].contiguous(), self.v[:, idx].contiguous()
-        sub.frame_idx, sub.count = self.frame_idx[idx].clone(), self.count[idx].clone()
-        sub._rotated = {}
-        sub._invalidate()
-        return sub
+        buffers = (
+            self.k[:, idx].contiguous(),
+            self.v[:, idx].contiguous(),
+            self.frame_idx[idx].clone(),
+            self.count[idx].clone(),
+        )
+        return KVCache(self.model_cfg, self.cfg, len(rows), buffers=buffers)
 
     def scatter(self, sub: KVCache, rows: list[int]) -> None:
         """Write a gathered cache back into ``rows``."""
@@ -132,31 +151,34 @@ class KVCache:
         self._cos = self._sin = self._write_slot = None
 
     # ------------------------------------------------------------------ per-pass context
-    def context(self, write: bool = False) -> AttnContext:
-        """Positions and mask for ONE new frame per row attending to this cache."""
+    def context(self, write: bool = False, mask: MaskPolicy = "auto") -> AttnContext:
+        """Positions and mask for ONE new frame per row attending to this cache.
+
+        ``write``: the pass stores its K/V (the clean pass); ``mask``: see :data:`MaskPolicy`.
+        """
         cfg, N = self.cfg, self.model_cfg.tokens
         S = cfg.capacity
         c = self.count  # (B,) index of the new frame
         q_pos = c.clamp(max=S)  # (B,) bounded position of the new frame
-        slot = torch.arange(S, device=c.device)
         f = self.frame_idx  # (B, S)
-        rel = q_pos[:, None] - (c[:, None] - f)  # ring slots: relative offset preserved
-        pos = torch.where(slot[None, :] < cfg.sink, f, rel).clamp(min=0)  # (B, S)
         valid = f >= 0
         if self._cos is None:
+            slot = torch.arange(S, device=c.device)
+            rel = q_pos[:, None] - (c[:, None] - f)  # ring slots: relative offset preserved
+            pos = torch.where(slot[None, :] < cfg.sink, f, rel).clamp(min=0)  # (B, S)
             cos, sin = rope_tables(pos, self.model_cfg.head_dim, self.model_cfg.rope_base)  # (B, S, hd)
             self._cos = cos.repeat_interleave(N, dim=1)[:, None]  # (B, 1, S*N, hd)
             self._sin = sin.repeat_interleave(N, dim=1)[:, None]
         q_cos, q_sin = rope_tables(q_pos, self.model_cfg.head_dim, self.model_cfg.rope_base)  # (B, hd)
         q_cos = q_cos[:, None, None, :].expand(-1, 1, N, -1)
         q_sin = q_sin[:, None, None, :].expand(-1, 1, N, -1)
-        mask = None
-        if self.mask_mode == "always" or (self.mask_mode == "auto" and not bool(valid.all())):
+        attn_mask = None
+        if mask == "always" or (mask == "auto" and not bool(valid.all())):
             keys = torch.cat([valid.repeat_interleave(N, dim=1), valid.new_ones(self.batch, N)], dim=1)
-            mask = keys[:, None, None, :]  # (B, 1, 1, S*N + N)
+            attn_mask = keys[:, None, None, :]  # (B, 1, 1, S*N + N)
         if write:
             self._write_slot = torch.where(c < cfg.sink, c, cfg.sink + (c - cfg.sink) % cfg.window)
-        return AttnContext(q_cos=q_cos, q_sin=q_sin, mask=mask, cache=self, write=write)
+        return AttnContext(q_cos=q_cos, q_sin=q_sin, mask=attn_mask, cache=self, write=write)
 
     # ------------------------------------------------------------------ used by the layers
     def attention_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,8 @@ the heads and the decoder. Each step then copies the actions and the noise into 
 buffers, replays, and reads the static outputs.
 
 Graph capture allows no host synchronisation, so the cache's attention mask cannot be decided by
-looking at its slots (:attr:`KVCache.mask_mode`). The session knows each row's history on the
-host, so two graphs are kept: ``filling`` (some slot is empty in some row: masked SDPA) and
+looking at its slots (the ``auto`` :data:`~worldsim.engine.cache.MaskPolicy`). The session knows
+each row's history on the host, so two graphs are kept, each passing its policy to the step: ``filling`` (some slot is empty in some row: masked SDPA) and
 ``full`` (every slot filled: no mask, so flash-attn when it is installed). They are captured
 lazily, the first time each is needed.
 
@@ -26,17 +26,17 @@ from typing import Any
 
 import torch
 
-from worldsim.engine.cache import KVCache
+from worldsim.engine.cache import KVCache, MaskPolicy
 
 log = logging.getLogger(__name__)
 
-StepFn = Callable[[KVCache, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+StepFn = Callable[[KVCache, torch.Tensor, torch.Tensor, MaskPolicy], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class GraphedStep:
     """Static buffers + lazily captured graphs for one session's full-batch step.
 
-    ``fn(cache, action, noise) -> (frames_u8, reward, p_term)`` must only read its inputs and
+    ``fn(cache, action, noise, mask) -> (frames_u8, reward, p_term)`` must only read its inputs and
     the cache's buffers and write the cache in place (which :func:`Session._advance_tensors`
     does). ``action`` (B, 1, ...) and ``noise`` (B, S, C, h, w) give the static input shapes.
     """
@@ -65,13 +65,7 @@ class GraphedStep:
         return self._call(full)
 
     def _call(self, full: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.cache.mask_mode = "never" if full else "always"
-        self.cache._invalidate()
-        try:
-            return self.fn(self.cache, self.action, self.noise)
-        finally:
-            self.cache.mask_mode = "auto"
-            self.cache._invalidate()
+        return self.fn(self.cache, self.action, self.noise, "never" if full else "always")
 
     def run(
         self, action: torch.Tensor, noise: torch.Tensor, full: bool

@@ -6,18 +6,25 @@ sampler Self Forcing uses, not an Euler step). The last prediction is the frame.
 of the clean frame at t = 0 writes its K/V into the cache and gives the reward and termination
 heads' outputs.
 
-The same two functions run inference (``Session.step``) and Self Forcing training (which passes
-``exit_step`` so that exactly one denoising step carries gradient).
+The same functions run inference (``Session``) and Self Forcing training (which passes
+``exit_step`` so that exactly one denoising step carries gradient): :func:`commit_context` for
+the given frames, then :func:`denoise_frame` and :func:`commit_frame` per new frame.
+
+Guidance rows: with classifier-free guidance (``guidance_scale != 1``) every row ``r`` of a
+batch owns two cache rows, ``2r`` (its action) and ``2r + 1`` (the null action), side by side,
+so the first ``n`` rows of a guided batch are the first ``2n`` cache rows and any subset of rows
+is :func:`cache_rows` of it. Nothing outside the engine sees the doubled rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from worldsim.engine.cache import KVCache
-from worldsim.model.denoiser import CausalDenoiser, DenoiserOutput
+from worldsim.engine.cache import KVCache, MaskPolicy
+from worldsim.model.denoiser import CausalDenoiser, HeadOutputs
 
 
 @dataclass
@@ -26,12 +33,34 @@ class SamplerConfig:
     """Noise levels visited for every frame, before the shift; 4 steps by default."""
     shift: float = 1.0
     """Timestep shift t' = s t / (1 + (s - 1) t); > 1 spends more steps at high noise."""
-    cfg_scale: float = 1.0
-    """Classifier-free guidance on the action (1.0 = off; the distilled student needs none)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance on the action (1.0 = off; the distilled student needs none).
+    Checkpoints written before the rename store it as ``cfg_scale`` (see :data:`RENAMED_FIELDS`)."""
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
 
     def schedule(self) -> list[float]:
         s = self.shift
         return [s * t / (1 + (s - 1) * t) for t in self.timesteps]
+
+
+RENAMED_FIELDS = {"cfg_scale": "guidance_scale"}
+"""Old name -> new name of :class:`SamplerConfig` fields, for checkpoints that store the old one."""
+
+
+def cache_rows(rows: Sequence[int], guided: bool) -> list[int]:
+    """The cache rows that hold batch ``rows``: with guidance row r owns ``2r`` and ``2r + 1``."""
+    return [c for r in rows for c in (2 * r, 2 * r + 1)] if guided else [int(r) for r in rows]
+
+
+def _with_null_rows(
+    x: torch.Tensor, action: torch.Tensor, has_action: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, ...) inputs -> (2B, ...): each row followed by its copy with the null action."""
+    null = torch.stack([has_action, torch.zeros_like(has_action)], dim=1).flatten(0, 1)  # (2B, 1)
+    return x.repeat_interleave(2, dim=0), action.repeat_interleave(2, dim=0), null
 
 
 def denoise_frame(
@@ -41,14 +70,15 @@ def denoise_frame(
     has_action: torch.Tensor,
     noise: torch.Tensor,
     schedule: list[float],
-    cfg_scale: float = 1.0,
+    guidance_scale: float = 1.0,
     exit_step: int | None = None,
+    mask: MaskPolicy = "auto",
 ) -> torch.Tensor:
     """Generate one frame per row; returns x0 (B, 1, C, h, w).
 
     action (B, 1, ...); has_action (B, 1); noise (B, S, C, h, w) with S >= len(schedule) (slice
-    0 starts the chain, slice i re-noises before step i). With ``cfg_scale != 1`` the cache holds
-    2B rows: [0, B) conditional, [B, 2B) with the null action.
+    0 starts the chain, slice i re-noises before step i). With ``guidance_scale != 1`` the cache
+    holds 2B rows (see the module's docstring). ``mask``: the attention-mask policy of the cache.
 
     ``exit_step`` (training): stop after that step; only it runs with gradient.
     """
@@ -61,18 +91,13 @@ def denoise_frame(
     for i in range(last + 1):
         t = schedule[i]
         with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or i == exit_step)):
-            ctx = cache.context(write=False)
+            ctx = cache.context(write=False, mask=mask)
             t_b = torch.full((x.shape[0], 1), t, device=x.device, dtype=x.dtype)
-            if cfg_scale != 1.0:
-                out = model(
-                    torch.cat([x, x]),
-                    torch.cat([t_b, t_b]),
-                    torch.cat([action, action]),
-                    torch.cat([has_action, torch.zeros_like(has_action)]),
-                    ctx,
-                )
-                v_c, v_u = out.v[:B], out.v[B:]
-                v = v_u + cfg_scale * (v_c - v_u)
+            if guidance_scale != 1.0:
+                xx, aa, hh = _with_null_rows(x, action, has_action)
+                out = model(xx, t_b.repeat_interleave(2, dim=0), aa, hh, ctx)
+                vv = out.v.unflatten(0, (B, 2))  # (B, 2, 1, C, h, w): [action, null]
+                v = vv[:, 1] + guidance_scale * (vv[:, 0] - vv[:, 1])
             else:
                 v = model(x, t_b, action, has_action, ctx).v
             x0 = x - t * v
@@ -89,20 +114,46 @@ def commit_frame(
     action: torch.Tensor,
     has_action: torch.Tensor,
     t: float | torch.Tensor = 0.0,
-    cfg: bool = False,
-) -> DenoiserOutput:
-    """The clean pass: write a frame's K/V into the cache (no gradient) and return head outputs.
+    guided: bool = False,
+    mask: MaskPolicy = "auto",
+) -> HeadOutputs:
+    """The clean pass: write a frame's K/V into the cache (no gradient) and return head outputs (B, 1).
 
-    x0 (B, 1, C, h, w). ``t`` > 0 commits a noisy frame (Diffusion Forcing context). ``cfg``: the
-    cache has 2B rows (see :func:`denoise_frame`) and both halves are written.
+    x0 (B, 1, C, h, w). ``t`` > 0 commits a noisy frame (Diffusion Forcing context). ``guided``:
+    the cache has 2B rows (see :func:`denoise_frame`), both are written, the heads are read
+    from the rows with the action.
     """
     with torch.no_grad():
         x = x0.detach()
-        if cfg:
-            x, action = torch.cat([x, x]), torch.cat([action, action])
-            has_action = torch.cat([has_action, torch.zeros_like(has_action)])
+        if guided:
+            x, action, has_action = _with_null_rows(x, action, has_action)
         if isinstance(t, torch.Tensor):
             tt = t.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 1)
         else:  # a fill kernel, not a host-to-device copy (CUDA graph capture allows none)
             tt = torch.full((x.shape[0], 1), float(t), device=x.device, dtype=x.dtype)
-        return model(x, tt, action, has_action, cache.context(write=True))
+        out = model(x, tt, action, has_action, cache.context(write=True, mask=mask))
+        if guided:
+            return HeadOutputs(reward=out.reward[0::2], term_logit=out.term_logit[0::2])
+        return out
+
+
+def commit_context(
+    model: CausalDenoiser,
+    cache: KVCache,
+    x: torch.Tensor,
+    action: torch.Tensor,
+    has_action: torch.Tensor | None = None,
+    guided: bool = False,
+) -> None:
+    """Empty ``cache`` and commit clean context frames x (B, K, C, h, w) one by one.
+
+    action (B, K, ...); has_action (B, K), by default every frame but the first (an episode's
+    first frame has no action that produced it). Used by ``Session.reset`` and Self Forcing.
+    """
+    cache.reset()
+    for k in range(x.shape[1]):
+        if has_action is None:
+            has = torch.full((x.shape[0], 1), k > 0, device=x.device)
+        else:
+            has = has_action[:, k : k + 1]
+        commit_frame(model, cache, x[:, k : k + 1], action[:, k : k + 1], has, guided=guided)

@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": str(p),
             "context_frames": w.config.context_frames,
             "sampler_steps": len(w.config.sampler.timesteps),
-            "cfg_scale": w.config.sampler.cfg_scale,
+            "cfg_scale": w.config.sampler.guidance_scale,
             "cache_window": w.config.cache.window,
             "cache_sink": w.config.cache.sink,
             "codec_fingerprint": codec_fingerprint(w),

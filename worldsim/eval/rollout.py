@@ -174,7 +174,7 @@ def rollout(
     if short:
         raise ValueError(f"episodes {short} are shorter than the {start} context frames")
     null = spec.null(1)[0]
-    cfg_on = world.config.sampler.cfg_scale != 1.0
+    cfg_on = world.config.sampler.guidance_scale != 1.0
     t0 = time.perf_counter()
     for chunk in _chunks(E, batch):
         eps = [episodes[i] for i in chunk]

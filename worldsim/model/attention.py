@@ -1,15 +1,20 @@
-"""Attention backends, chosen at run time.
+"""Attention: backends chosen at run time, rotary tables, and the context a forward pass gets.
 
 torch's ``scaled_dot_product_attention`` everywhere (CPU and CUDA); ``flash_attn`` on CUDA
 when it is installed, the inputs are half precision and no mask is needed (a full cache with
 one new frame: the per-frame inference path). Everything else (block-causal training masks,
 partly filled caches) goes through SDPA. Both give the same results within fp16/bf16 tolerance.
+
+:class:`AttnContext` carries a pass's rotary tables, mask and (optionally) a cache; the cache is
+anything that implements :class:`KVStore`, so the model never imports the engine.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +58,55 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         out = _flash()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, L, H, hd) layout
         return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# ----------------------------------------------------------------------------- rotary helpers
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (...,) float -> cos, sin (..., head_dim) for rotate-half RoPE."""
+    half = head_dim // 2
+    freqs = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    ang = positions.float().unsqueeze(-1) * freqs  # (..., half)
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, hd); cos/sin broadcastable to it."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- the cache protocol
+class KVStore(Protocol):
+    """What the denoiser's layers need from a key/value cache (``worldsim.engine.cache.KVCache``).
+
+    The model only calls these three methods; it never sees slots, rows or fill state.
+    """
+
+    def attention_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached keys (already rotated) and values of one layer: (B, H, L, hd) each."""
+        ...
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep one layer's new un-rotated keys and values (B, H, T*N, hd) (a write pass)."""
+        ...
+
+    def advance(self, frames: int = 1) -> None:
+        """End a write pass of ``frames`` frames (called once, after the last layer)."""
+        ...
+
+
+@dataclass
+class AttnContext:
+    """Everything a forward pass needs about positions, masks and the cache.
+
+    Built once per pass (by ``CausalDenoiser.full_context`` / ``paired_context``, or by the
+    engine's cache) and shared by all layers.
+    """
+
+    q_cos: torch.Tensor  # (B|1, 1, T*N, hd) rotary tables of the current tokens
+    q_sin: torch.Tensor
+    mask: torch.Tensor | None  # (B|1, 1, T*N, L + T*N) bool, True = may attend; None = all
+    cache: KVStore | None = None
+    write: bool = False  # store this pass's K/V into the cache

@@ -9,8 +9,9 @@ D model width, H heads, hd head width, L cached tokens.
   adaLN-Zero modulation, broadcast over the frame's tokens.
 - Positions: a learned spatial embedding inside a frame; temporal RoPE on frame positions. With
   a rolling KV cache, keys are stored *without* the temporal rotation and rotated at attention
-  time by their position *inside the window* (see ``worldsim.engine.cache``), so frame 100,000
-  sees the same positions as frame 100.
+  time by their position *inside the window* (the engine's cache, reached through the
+  ``KVStore`` protocol of ``worldsim.model.attention``), so frame 100,000 sees the same positions
+  as frame 100.
 - Reward and termination heads read the pooled final hidden state of a frame; the engine uses
   them on the clean (t = 0) pass.
 
@@ -22,18 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from worldsim.model.actions import ActionEncoder
-from worldsim.model.attention import attend
+from worldsim.model.attention import AttnContext, apply_rope, attend, rope_tables
 from worldsim.spaces import ActionSpec
-
-if TYPE_CHECKING:
-    from worldsim.engine.cache import KVCache
 
 
 @dataclass
@@ -63,28 +61,33 @@ class DenoiserConfig:
 
 
 @dataclass
-class DenoiserOutput:
+class HeadOutputs:
+    reward: torch.Tensor  # (B, T) or (M,): predicted reward of each frame
+    term_logit: torch.Tensor  # same shape: logit of "this frame ends the episode"
+
+
+@dataclass
+class DenoiserOutput(HeadOutputs):
     v: torch.Tensor  # (B, T, C, h, w) predicted velocity
-    reward: torch.Tensor  # (B, T)
-    term_logit: torch.Tensor  # (B, T)
     pooled: torch.Tensor  # (B, T, D) the frame's pooled final hidden state (what the heads read)
 
 
-# ----------------------------------------------------------------------------- rotary helpers
-def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions (...,) float -> cos, sin (..., head_dim) for rotate-half RoPE."""
-    half = head_dim // 2
-    freqs = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    ang = positions.float().unsqueeze(-1) * freqs  # (..., half)
-    ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos(), ang.sin()
+class HasHeads(Protocol):
+    """A module holding the two heads (a :class:`CausalDenoiser`, or a copy of its heads)."""
+
+    @property
+    def reward_head(self) -> nn.Module: ...
+
+    @property
+    def term_head(self) -> nn.Module: ...
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, hd); cos/sin broadcastable to it."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+def head_outputs(m: HasHeads, pooled: torch.Tensor) -> HeadOutputs:
+    """Reward and termination heads on pooled frame features (..., D) -> (...) each.
+
+    ``m`` is a :class:`CausalDenoiser` or anything holding the same two heads (a copy being re-fit).
+    """
+    return HeadOutputs(reward=m.reward_head(pooled).squeeze(-1), term_logit=m.term_head(pooled).squeeze(-1))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -93,22 +96,6 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = (t.float() * 1000.0).unsqueeze(-1) * freqs
     return torch.cat([args.cos(), args.sin()], dim=-1)
-
-
-# ----------------------------------------------------------------------------- attention context
-@dataclass
-class AttnContext:
-    """Everything a forward pass needs about positions, masks and the cache.
-
-    Built once per pass (by :meth:`CausalDenoiser.context` or ``KVCache.context``) and shared by
-    all layers.
-    """
-
-    q_cos: torch.Tensor  # (B|1, 1, T*N, hd) rotary tables of the current tokens
-    q_sin: torch.Tensor
-    mask: torch.Tensor | None  # (B|1, 1, T*N, L + T*N) bool, True = may attend; None = all
-    cache: KVCache | None = None
-    write: bool = False  # store this pass's K/V into the cache
 
 
 class Block(nn.Module):
@@ -230,9 +217,9 @@ class CausalDenoiser(nn.Module):
         out = self.out(hn * (1 + scale) + shift)  # (B, T, N, C)
         v = out.transpose(2, 3).reshape(B, T, C, hh, ww)
         pooled = hn.mean(dim=2)  # (B, T, D)
-        return DenoiserOutput(
-            v=v,
-            reward=self.reward_head(pooled).squeeze(-1),
-            term_logit=self.term_head(pooled).squeeze(-1),
-            pooled=pooled,
-        )
+        heads = self.head_outputs(pooled)
+        return DenoiserOutput(reward=heads.reward, term_logit=heads.term_logit, v=v, pooled=pooled)
+
+    def head_outputs(self, pooled: torch.Tensor) -> HeadOutputs:
+        """The reward and termination heads alone, on pooled features (..., D) (as ``forward`` reads them)."""
+        return head_outputs(self, pooled)

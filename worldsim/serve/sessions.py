@@ -14,9 +14,10 @@ cache, RNG and frame untouched). So:
   costs one gather/scatter of those rows.
 - A tick runs ``step(actions, rows)`` for exactly the rows whose clients sent an action. **A row
   never advances without its client's action**: there are no filler actions and no replays.
-- Worlds sampled with classifier-free guidance (``cfg_scale != 1``) cannot step a subset of rows
-  in the engine; there each client session gets its own batch-1 Session instead and a tick steps
-  them one after the other (correct, just not batched).
+- Worlds sampled with classifier-free guidance are served the same way: the engine keeps their
+  doubled guidance rows to itself.
+- Episodes follow :mod:`worldsim.episodes` (``truncated`` is Gymnasium's time-limit rule), as on
+  every other surface.
 
 Micro-batching
 --------------
@@ -48,7 +49,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from worldsim.engine.world import Session, WorldModel
+from worldsim.engine.world import WorldModel
+from worldsim.episodes import truncated as time_limit_reached
 from worldsim.wire._proto import world_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,6 @@ class ClientSession:
     sid: str
     row: int
     options: Options = field(default_factory=Options)
-    engine: Session | None = None  # own batch-1 engine (guided worlds only)
     elapsed: int = 0  # steps in the current episode
     episode: int = 0
     done: bool = False
@@ -154,8 +155,7 @@ class WorldHost:
         self.window = window_ms / 1e3
         self.step_seconds = 0.0  # moving average of a batched step's wall time
         self.min_interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
-        self.shared = world.config.sampler.cfg_scale == 1.0
-        self.engine: Session | None = world.session(batch=max_sessions, seed=0) if self.shared else None
+        self.engine = world.session(batch=max_sessions, seed=0)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self.sessions: dict[str, ClientSession] = {}
         self.by_row: list[str | None] = [None] * max_sessions
@@ -199,9 +199,6 @@ class WorldHost:
         self, cs: ClientSession, seed: int | None, frames: np.ndarray | None, actions: np.ndarray | None
     ) -> np.ndarray:
         """(worker thread) Start a new episode in the session's row; returns its first frame."""
-        if cs.engine is not None:
-            return cs.engine.reset(frames=frames, actions=actions, seed=seed)[0]
-        assert self.engine is not None
         return self.engine.reset(frames=frames, actions=actions, seed=seed, rows=[cs.row])[cs.row]
 
     async def create(
@@ -216,8 +213,6 @@ class WorldHost:
                 raise SessionLimit(f"world {self.name!r} already has its maximum of {self.max_sessions} sessions")
             row = len(self.sessions)
             cs = ClientSession(uuid.uuid4().hex, row, options)
-            if not self.shared:
-                cs.engine = self.world.session(batch=1)
             # A fresh seed when none is given: the row's RNG still holds its previous owner's state.
             seed = seed if seed is not None else _fresh_seed()
             try:
@@ -254,18 +249,12 @@ class WorldHost:
                 return False
             self._cancel_pending(cs, SessionNotFound(why))
             last = len(self.sessions)  # the row of the last session, now that one is gone
-            if self.shared and cs.row != last:
-                moved_sid = self.by_row[last]
-                assert moved_sid is not None and self.engine is not None
-                await self._call(self.engine.move_row, last, cs.row)
-                moved = self.sessions[moved_sid]
-                moved.row, self.by_row[cs.row] = cs.row, moved_sid
-            elif not self.shared and cs.row != last:
+            if cs.row != last:
                 moved_sid = self.by_row[last]
                 assert moved_sid is not None
+                await self._call(self.engine.move_row, last, cs.row)
                 self.sessions[moved_sid].row, self.by_row[cs.row] = cs.row, moved_sid
             self.by_row[last] = None
-            cs.engine = None
             self._changed.set()
         return True
 
@@ -335,12 +324,7 @@ class WorldHost:
         actions = np.stack([p.action for p in batch])
         t0 = time.perf_counter()
         try:
-            if self.shared:
-                assert self.engine is not None
-                res = await self._call(self.engine.step, actions, rows=rows)
-                outs = [(res.frames[i], res.rewards[i], res.terminated[i]) for i in range(len(batch))]
-            else:
-                outs = await self._call(_step_each, [p.cs.engine for p in batch], actions)
+            res = await self._call(self.engine.step, actions, rows=rows)
         except Exception as e:  # a model failure fails this batch, not the server
             log.exception("batched step of %d sessions on %s failed", len(batch), self.name)
             for p in batch:
@@ -351,26 +335,16 @@ class WorldHost:
         self.step_seconds = dt if self.batches == 0 else 0.8 * self.step_seconds + 0.2 * dt
         self.batches += 1
         self.steps += len(batch)
-        for p, (frame, reward, term) in zip(batch, outs):
+        for p, frame, reward, term in zip(batch, res.frames, res.rewards, res.terminated):
             cs = p.cs
             cs.elapsed += 1
             terminated = bool(term)
-            truncated = bool(cs.options.max_episode_steps and cs.elapsed >= cs.options.max_episode_steps)
-            truncated = truncated and not terminated
+            truncated = bool(time_limit_reached(cs.elapsed, cs.options.max_episode_steps))
             cs.done = terminated or truncated
             cs.last_active = time.monotonic()
             if not p.future.done():
                 out = StepOut(frame, float(reward), terminated, truncated, cs.elapsed, cs.episode, len(batch), p.t_in)
                 p.future.set_result(out)
-
-
-def _step_each(engines: list[Session | None], actions: np.ndarray) -> list[tuple[np.ndarray, float, bool]]:
-    out = []
-    for eng, a in zip(engines, actions):
-        assert eng is not None
-        r = eng.step(a[None])
-        out.append((r.frames[0], float(r.rewards[0]), bool(r.terminated[0])))
-    return out
 
 
 def _fresh_seed() -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldsim.model.denoiser import CausalDenoiser, DenoiserOutput
+from worldsim.model.denoiser import CausalDenoiser, HeadOutputs, head_outputs
 from worldsim.train.data import AlignedEpisode
 from worldsim.train.losses import head_loss
 
@@ -117,21 +117,15 @@ class Heads(torch.nn.Module):
         self.reward_head = copy.deepcopy(model.reward_head).cpu().float()
         self.term_head = copy.deepcopy(model.term_head).cpu().float()
 
-
-def head_outputs(heads: CausalDenoiser | Heads, pooled: torch.Tensor) -> DenoiserOutput:
-    """The heads' outputs on pooled features (B, T, D) or (M, D); ``v`` is left empty."""
-    return DenoiserOutput(
-        v=pooled.new_zeros(0),
-        reward=heads.reward_head(pooled).squeeze(-1),
-        term_logit=heads.term_head(pooled).squeeze(-1),
-        pooled=pooled,
-    )
+    def forward(self, pooled: torch.Tensor) -> HeadOutputs:
+        """Pooled features (M, D) -> the heads' outputs, exactly as the denoiser computes them."""
+        return head_outputs(self, pooled)
 
 
 @torch.no_grad()
 def head_metrics(heads: Heads, f: Features, cfg: HeadFitConfig) -> dict[str, float]:
     """Reward MSE, termination BCE, and episode-end precision / recall at ``cfg.threshold``."""
-    out = head_outputs(heads, f.pooled)
+    out = heads(f.pooled)
     loss, m = head_loss(out, f.reward, f.terminated, torch.ones_like(f.terminated), cfg.pos_weight)
     pred = torch.sigmoid(out.term_logit) > cfg.threshold
     tp = int((pred & f.terminated).sum())
@@ -180,7 +174,7 @@ def fit_heads(
     ones = torch.ones(min(cfg.batch, len(tr)), dtype=torch.bool)
     for _ in range(cfg.steps):
         idx = torch.randint(len(tr), (min(cfg.batch, len(tr)),), generator=g)
-        out = head_outputs(heads, tr.pooled[idx])
+        out = heads(tr.pooled[idx])
         loss, _ = head_loss(out, tr.reward[idx], tr.terminated[idx], ones, cfg.pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,11 +162,18 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         pe.lerp_(pm.detach(), 1 - decay)
 
 
-@contextmanager
-def timed(name: str) -> Iterator[None]:
-    t = time.perf_counter()
-    yield
-    log.debug("%s took %.2fs", name, time.perf_counter() - t)
+def cosine_warmup(
+    opt: torch.optim.Optimizer, steps: int, warmup: int, floor: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` x the peak at ``steps``."""
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        p = min(1.0, (s - warmup) / max(1, steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
 class Checkpointer:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worldsim.model.denoiser import DenoiserOutput
+from worldsim.model.denoiser import HeadOutputs
 
 
 def bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def flow_loss(
 
 
 def head_loss(
-    out: DenoiserOutput, reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, pos_weight: float = 10.0
+    out: HeadOutputs, reward: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, pos_weight: float = 10.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reward MSE + termination BCE (terminal frames are rare: up-weighted) on frames in ``mask`` (B, T)."""
     m = mask.float()

@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 
 from worldsim.engine.cache import KVCache
-from worldsim.engine.sampler import commit_frame, denoise_frame
+from worldsim.engine.sampler import commit_context, commit_frame, denoise_frame
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.data import Batch, ClipSampler
-from worldsim.train.heads import head_outputs
 from worldsim.train.loop import Checkpointer, Dist, RunLog, ema_update, sync_grads
 from worldsim.train.losses import add_noise, dmd_loss, flow_loss, head_loss, x0_from_v
 
@@ -57,7 +56,7 @@ class SelfForcingConfig:
     """Critic AdamW learning rate."""
     critic_steps: int = 2
     """Critic updates per student update; the first reuses the student's rollout."""
-    cfg_scale: float = 2.0
+    guidance_scale: float = 2.0
     """Guidance on the action in the real (teacher) score."""
     t_min: float = 0.02
     """DMD noise levels are drawn from [t_min, t_max]."""
@@ -90,9 +89,7 @@ def rollout(
     output of that step is the frame; without, every frame runs the full schedule.
     """
     B, T = b.has_action.shape
-    cache.reset()
-    for k in range(context):
-        commit_frame(student, cache, b.x[:, k : k + 1], b.action[:, k : k + 1], b.has_action[:, k : k + 1])
+    commit_context(student, cache, b.x[:, :context], b.action[:, :context], b.has_action[:, :context])
     outs = []
     S = len(schedule)
     for i in range(context, T):
@@ -175,13 +172,13 @@ def train_self_forcing(
             xt, tt, _ = _score_inputs(x_full.detach(), K, t)
             v_c = teacher(xt, tt, b.action, b.has_action).v
             v_u = teacher(xt, tt, b.action, torch.zeros_like(b.has_action)).v
-            x0_real = x0_from_v(xt, tt, v_u + cfg.cfg_scale * (v_c - v_u))
+            x0_real = x0_from_v(xt, tt, v_u + cfg.guidance_scale * (v_c - v_u))
             x0_fake = x0_from_v(xt, tt, critic(xt, tt, b.action, b.has_action).v)
         g_loss = dmd_loss(x_full, x0_real, x0_fake, gen_mask)
         # Heads: re-fit on ground truth with the backbone's features detached.
         with torch.no_grad():
             pooled = student(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
-        hout = head_outputs(student, pooled)
+        hout = student.head_outputs(pooled)
         h_loss, hm = head_loss(hout, b.reward, b.terminated, b.has_action)
         opt_g.zero_grad(set_to_none=True)
         (g_loss + cfg.head_weight * h_loss).backward()

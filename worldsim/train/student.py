@@ -20,9 +20,8 @@ import torch
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.data import Batch, ClipSampler
-from worldsim.train.loop import Checkpointer, Dist, RunLog, sync_grads
+from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, sync_grads
 from worldsim.train.losses import head_loss, x0_from_v
-from worldsim.train.teacher import cosine_warmup
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class StudentTrainConfig:
     """Warm-up steps."""
     teacher_steps: int = 8
     """Euler steps of the teacher's ODE (the student's timesteps are added to the grid)."""
-    cfg_scale: float = 1.5
+    guidance_scale: float = 1.5
     """Classifier-free guidance on the action for the teacher's trajectories."""
     ode_batches: int = 32
     """Batches of ODE trajectories computed up front and reused (each with fresh timestep draws)."""
@@ -67,7 +66,7 @@ def paired_inputs(
 
 @torch.no_grad()
 def teacher_trajectories(
-    teacher: CausalDenoiser, b: Batch, student_ts: list[float], steps: int, cfg_scale: float
+    teacher: CausalDenoiser, b: Batch, student_ts: list[float], steps: int, guidance_scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x at each student timestep (B, T, K, C, h, w), teacher end point x0 (B, T, C, h, w))."""
     B, T = b.has_action.shape
@@ -82,7 +81,7 @@ def teacher_trajectories(
         tq = torch.full((B, T), t, device=b.x.device)
         v_c = teacher(*paired_inputs(b.x, zeros, x, tq, b), ctx=ctx).v[:, T:]
         v_u = teacher(*paired_inputs(b.x, zeros, x, tq, b, drop_actions=True), ctx=ctx).v[:, T:]
-        v = v_u + cfg_scale * (v_c - v_u)
+        v = v_u + guidance_scale * (v_c - v_u)
         t_next = grid[i + 1] if i + 1 < len(grid) else 0.0
         x = x + (t_next - t) * v
     xs = torch.stack([states[min(states, key=lambda k: abs(k - s))] for s in student_ts], dim=2)
@@ -108,7 +107,7 @@ def train_student(
     pairs = []
     for _ in range(cfg.ode_batches):
         b = sampler.sample(cfg.batch).to(device)
-        pairs.append((b, *teacher_trajectories(teacher, b, ts, cfg.teacher_steps, cfg.cfg_scale)))
+        pairs.append((b, *teacher_trajectories(teacher, b, ts, cfg.teacher_steps, cfg.guidance_scale)))
     sampler.rng.bit_generator.state = data_state  # the pairs are a function of the seed, not of resumes
     del teacher
 

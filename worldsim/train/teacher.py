@@ -18,7 +18,7 @@ import torch
 
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import ClipSampler
-from worldsim.train.loop import Checkpointer, Dist, RunLog, sync_grads
+from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, sync_grads
 from worldsim.train.losses import add_noise, flow_loss, head_loss
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,6 @@ class TeacherTrainConfig:
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
-
-
-def cosine_warmup(
-    opt: torch.optim.Optimizer, steps: int, warmup: int, floor: float = 0.1
-) -> torch.optim.lr_scheduler.LambdaLR:
-    import math
-
-    def f(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        p = min(1.0, (s - warmup) / max(1, steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
 def sample_df_timesteps(B: int, T: int, clean_prob: float, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,253 @@
+"""Batched sessions: B independent rollouts of one world, stepped with one batched model call.
+
+A session owns everything a rollout needs beyond the weights: the rolling KV cache, one RNG per
+row, each row's frame and history length, and (on CUDA) the captured step. Rows can be stepped,
+reset and moved one at a time, with or without classifier-free guidance: a guided world's two
+cache rows per row (see ``worldsim.engine.sampler``) never show outside this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from worldsim.engine.cache import KVCache, MaskPolicy
+from worldsim.engine.graphs import GraphedStep
+from worldsim.engine.sampler import cache_rows, commit_context, commit_frame, denoise_frame
+
+if TYPE_CHECKING:
+    from worldsim.engine.world import WorldModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    frames: np.ndarray  # (B, 64, 64, 3) uint8
+    rewards: np.ndarray  # (B,) float32
+    terminated: np.ndarray  # (B,) bool
+    latency_ms: float  # wall time of the whole batched step, decode included
+
+
+class Session:
+    """B independent rollouts of one world, stepped together with one batched model call.
+
+    Each row has its own RNG (seeded per row, as Gymnasium vector envs do: ``seed + row``) and
+    its own history in the rolling KV cache, so rows can be stepped, reset and moved one at a
+    time. With guidance each row has two cache rows (:func:`~worldsim.engine.sampler.cache_rows`).
+    """
+
+    def __init__(
+        self,
+        world: WorldModel,
+        batch: int = 1,
+        seed: int | Sequence[int] | None = None,
+        cuda_graphs: bool | None = None,
+    ) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.world, self.batch = world, batch
+        cfg = world.config
+        self.schedule = cfg.sampler.schedule()
+        self.guidance_scale = cfg.sampler.guidance_scale
+        self.guided = cfg.sampler.guided
+        rows = len(cache_rows(range(batch), self.guided))
+        self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
+        self.generators = [torch.Generator(device=world.device) for _ in range(batch)]
+        self._seed_rows(range(batch), seed)
+        self.frame_index = np.zeros(batch, dtype=np.int64)
+        self.frames = np.zeros((batch, cfg.codec.image_size, cfg.codec.image_size, 3), np.uint8)
+        self._started = np.zeros(batch, dtype=bool)
+        # Frames in each row's history (context + generated), mirrored on the host so the
+        # graphed step knows without a device sync whether every cache slot is filled.
+        self._history = np.zeros(batch, dtype=np.int64)
+        if cuda_graphs is None:
+            cuda_graphs = world.device.type == "cuda"
+        if cuda_graphs and world.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, the world is on {world.device}")
+        self.cuda_graphs = cuda_graphs
+        self._graphed: GraphedStep | None = None
+
+    # ------------------------------------------------------------------ seeding
+    def _seed_rows(self, rows: Sequence[int], seed: int | Sequence[int] | None) -> None:
+        rows = list(rows)
+        if seed is None:
+            seeds = [int(s) for s in np.random.SeedSequence().generate_state(len(rows))]
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(len(rows))]
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != len(rows):
+                raise ValueError(f"got {len(seeds)} seeds for {len(rows)} rows")
+        for r, s in zip(rows, seeds):
+            self.generators[r].manual_seed(s)
+
+    def _rows(self, rows: Sequence[int] | None) -> list[int]:
+        if rows is None:
+            return list(range(self.batch))
+        out = [int(r) for r in rows]
+        bad = [r for r in out if not 0 <= r < self.batch]
+        if bad:
+            raise IndexError(f"rows {bad} out of range for a session of batch {self.batch}")
+        return out
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self,
+        frames: np.ndarray | torch.Tensor | None = None,
+        actions: np.ndarray | None = None,
+        seed: int | Sequence[int] | None = None,
+        rows: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Start new rollouts in ``rows`` (all by default); returns the current frames (B, H, W, 3).
+
+        ``frames``: context frames (K, H, W, 3) or (len(rows), K, H, W, 3) uint8; ``actions``: the
+        actions that produced them (the first frame's is ignored). Without frames, each row starts
+        from one of the world's start clips, chosen with the row's seed.
+        """
+        rows = self._rows(rows)
+        if seed is not None:
+            self._seed_rows(rows, seed)
+        spec = self.world.action_spec
+        if frames is None:
+            n_start = self.world.start_frames.shape[0]
+            if n_start == 0:
+                raise RuntimeError("this world ships no start clips: pass context frames to reset()")
+            pick = [
+                int(torch.randint(n_start, (1,), generator=self.generators[r], device=self.world.device)) for r in rows
+            ]
+            ctx = self.world.start_frames[pick].to(self.world.device)  # (R, K, H, W, 3)
+            acts = self.world.start_actions[pick].to(self.world.device)
+        else:
+            ctx = torch.as_tensor(np.asarray(frames), device=self.world.device)
+            if ctx.ndim == 4:
+                ctx = ctx.unsqueeze(0).expand(len(rows), *ctx.shape)
+            s = self.world.config.codec.image_size
+            if ctx.ndim != 5 or tuple(ctx.shape[-3:]) != (s, s, 3) or ctx.shape[0] != len(rows):
+                raise ValueError(
+                    f"context frames must be (K, {s}, {s}, 3) or ({len(rows)}, K, {s}, {s}, 3), got {tuple(ctx.shape)}"
+                )
+            if ctx.dtype != torch.uint8:
+                raise ValueError(f"context frames must be uint8, got {ctx.dtype}")
+            if actions is None:
+                acts = torch.as_tensor(spec.null(len(rows) * ctx.shape[1])).reshape(
+                    len(rows), ctx.shape[1], *spec.per_action_shape
+                )
+            else:
+                a = np.asarray(actions)
+                if a.ndim == len(spec.per_action_shape) + 1:
+                    a = np.broadcast_to(a, (len(rows), *a.shape))
+                flat = spec.validate(a.reshape(-1, *spec.per_action_shape) if spec.per_action_shape else a.reshape(-1))
+                acts = torch.as_tensor(flat).reshape(len(rows), -1, *spec.per_action_shape)
+            acts = acts.to(self.world.device)
+        self._write_context(rows, ctx, acts)
+        self._history[rows] = ctx.shape[1]
+        self.frames[rows] = ctx[:, -1].cpu().numpy()
+        self.frame_index[rows] = 0
+        self._started[rows] = True
+        return self.frames.copy()
+
+    @torch.inference_mode()
+    def _write_context(self, rows: list[int], ctx: torch.Tensor, acts: torch.Tensor) -> None:
+        """Reset rows' histories and commit their context frames; other rows keep theirs."""
+        lat = self.world.codec.encode(ctx)  # (R, K, C, h, w)
+        model = self.world.denoiser
+        if rows == list(range(self.batch)):
+            commit_context(model, self.cache, lat, acts, guided=self.guided)
+            return
+        # Some rows only: fill a small cache for them, then copy it into theirs.
+        idx = cache_rows(rows, self.guided)
+        cfg = self.world.config
+        sub = KVCache(cfg.denoiser, cfg.cache, len(idx), self.world.device, self.world.dtype)
+        commit_context(model, sub, lat, acts, guided=self.guided)
+        self.cache.copy_rows_from(sub, torch.as_tensor(idx, device=self.world.device))
+
+    # ------------------------------------------------------------------ step
+    def _noise(self, rows: Sequence[int]) -> torch.Tensor:
+        c = self.world.config.codec
+        shape = (len(self.schedule), 1, c.latent_channels, c.latent_size, c.latent_size)
+        noise = [torch.randn(shape, generator=self.generators[r], device=self.world.device) for r in rows]
+        return torch.stack(noise).squeeze(2).to(self.world.dtype)  # (B, S, C, h, w)
+
+    @torch.inference_mode()
+    def step(self, actions: Any, rows: Sequence[int] | None = None) -> StepResult:
+        """Advance rows by one frame given one action per row (all rows by default).
+
+        With ``rows``, only those rows advance (the others keep their state): a prefix
+        ``0..n-1`` runs on a view of the cache at no extra cost; any other subset is gathered
+        and scattered back (a copy of those rows' caches). Guided or not alike.
+        """
+        t0 = time.perf_counter()
+        idx = list(range(self.batch)) if rows is None else self._rows(rows)
+        if not self._started[idx].all():
+            raise RuntimeError("call reset() before step()")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"rows must be distinct, got {idx}")
+        spec = self.world.action_spec
+        a = spec.validate(actions, batch=len(idx))
+        if len(idx) == self.batch and idx == list(range(self.batch)):
+            cache = self.cache
+        elif idx == list(range(len(idx))):
+            cache = self.cache.narrow(len(cache_rows(idx, self.guided)))
+        else:
+            cache = self.cache.gather(cache_rows(idx, self.guided))
+        frames, rewards, p_term = self._advance(cache, idx, a)
+        if cache is not self.cache and not cache.is_view:
+            self.cache.scatter(cache, cache_rows(idx, self.guided))
+        self.frames[idx] = frames
+        self.frame_index[idx] += 1
+        self._history[idx] += 1
+        return StepResult(
+            frames=frames.copy(),
+            rewards=rewards.astype(np.float32),
+            terminated=p_term > self.world.config.term_threshold,
+            latency_ms=(time.perf_counter() - t0) * 1e3,
+        )
+
+    def _advance_tensors(
+        self, cache: KVCache, act: torch.Tensor, noise: torch.Tensor, mask: MaskPolicy
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The device side of a step: denoise, commit to the cache, heads, decode.
+
+        act (n, 1, ...), noise (n, S, C, h, w) -> frames (n, H, W, 3) uint8, reward (n,),
+        p_term (n,). With ``mask`` other than ``auto`` there is no host sync, so it can be
+        captured in a CUDA graph (see graphs.py).
+        """
+        n = act.shape[0]
+        has = torch.ones(n, 1, dtype=torch.bool, device=act.device)
+        model = self.world.denoiser
+        x0 = denoise_frame(model, cache, act, has, noise, self.schedule, self.guidance_scale, mask=mask)
+        out = commit_frame(model, cache, x0, act, has, guided=self.guided, mask=mask)
+        frames = self.world.codec.decode(x0[:, 0])  # (n, H, W, 3) uint8
+        return frames, out.reward[:, 0].float(), torch.sigmoid(out.term_logit[:, 0].float())
+
+    def _advance(self, cache: KVCache, rows: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        act = torch.as_tensor(a, device=self.world.device).unsqueeze(1)  # (n, 1, ...)
+        noise = self._noise(rows)
+        # The host knows whether every slot of these rows is filled: no device sync per pass.
+        full = bool((self._history[rows] >= self.world.config.cache.capacity).all())
+        if self.cuda_graphs and cache is self.cache:
+            if self._graphed is None:
+                self._graphed = GraphedStep(self._advance_tensors, self.cache, act, noise)
+            out = self._graphed.run(act, noise, full)
+        else:
+            out = self._advance_tensors(cache, act, noise, "never" if full else "always")
+        frames, rewards, p_term = (t.cpu().numpy() for t in out)
+        if not np.all(np.isfinite(rewards)):
+            raise FloatingPointError("the model produced a non-finite reward")
+        return frames, rewards, p_term
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src``'s whole state (history, RNG, frame) into row ``dst`` (compaction)."""
+        self.cache.scatter(self.cache.gather(cache_rows([src], self.guided)), cache_rows([dst], self.guided))
+        self.generators[dst].set_state(self.generators[src].get_state())
+        self.frames[dst] = self.frames[src]
+        self.frame_index[dst] = self.frame_index[src]
+        self._history[dst] = self._history[src]
+        self._started[dst] = self._started[src]
