@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from worldsim.engine.world import WorldConfig, WorldModel
 from worldsim.fidelity import psnr
+from worldsim.model.codec import FrameCodec
 from worldsim.train.data import AlignedEpisode
 from worldsim.train.loop import Checkpointer, Dist, RunLog, sync_grads
 
@@ -59,7 +60,7 @@ def evaluate(world: WorldModel, frames: np.ndarray, device: torch.device, n: int
 
 
 @torch.no_grad()
-def _latent_stats(codec: torch.nn.Module, sampler: FrameSampler, device: torch.device) -> None:
+def _latent_stats(codec: FrameCodec, sampler: FrameSampler, device: torch.device) -> None:
     """Per-channel latent mean/std on training frames, so the denoiser sees unit-variance latents."""
     x = codec.to_unit(sampler.sample(2048).to(device))
     z = torch.cat([codec.encode_unit(x[i : i + 256]) for i in range(0, len(x), 256)])
