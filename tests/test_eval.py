@@ -128,7 +128,7 @@ def test_control_and_end_metrics() -> None:
 
 
 def test_buckets_and_summaries() -> None:
-    from worldsim.eval.report import buckets_for, control_summary, target_check
+    from worldsim.eval.stats import buckets_for, control_summary, target_check
 
     assert buckets_for([1, 10, 50, 200, 1000], 200) == [(1, 10), (11, 50), (51, 200)]
     assert buckets_for([1, 10], 12) == [(1, 10), (11, 12)]
@@ -147,7 +147,7 @@ def test_buckets_and_summaries() -> None:
 def test_probe_actions_for_other_spaces() -> None:
     import gymnasium as gym
 
-    from worldsim.eval.rollout import probe_actions
+    from worldsim.eval.control import probe_actions
     from worldsim.spaces import ActionSpec
 
     mb = probe_actions(ActionSpec.from_space(gym.spaces.MultiBinary(3)), n_sampled=4, seed=1)
@@ -159,7 +159,7 @@ def test_probe_actions_for_other_spaces() -> None:
 
 # ---------------------------------------------------------------------------- rollouts in memory
 def _episodes(lengths: list[int], seed: int = 0) -> list:
-    from worldsim.eval.rollout import EvalEpisode
+    from worldsim.eval.episodes import EvalEpisode
 
     rng = np.random.default_rng(seed)
     out = []
@@ -176,8 +176,9 @@ def _episodes(lengths: list[int], seed: int = 0) -> list:
 
 
 def test_rollout_in_memory(tiny_world) -> None:  # type: ignore[no-untyped-def]
-    from worldsim.eval.report import buckets_for, summarize
-    from worldsim.eval.rollout import reference, rollout
+    from worldsim.eval.episodes import reference
+    from worldsim.eval.rollout import rollout
+    from worldsim.eval.stats import buckets_for, summarize
 
     eps = _episodes([12, 9, 5])  # episode 0 ends (terminated) on horizon 10
     K, H = tiny_world.config.context_frames, 10
@@ -192,9 +193,9 @@ def test_rollout_in_memory(tiny_world) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_array_equal(a.stepped, ref.valid)
     assert a.frames[2, 3:].max() == 0  # rows stop once their episode has no more frames
     res = summarize(ref, a, None, None, (), None, [1, 10], buckets_for([1, 10], H))
-    assert len(res["curves"]["psnr"]) == H and set(res["at"]) == {"1", "10"}
-    assert res["buckets"]["1-10"]["frames"] == 20
-    assert res["episode_end"]["real_ends"] == 1 and res["reward_mae"] >= 0
+    assert len(res.curves["psnr"]) == H and set(res.at) == {"1", "10"}
+    assert res.buckets["1-10"]["frames"] == 20
+    assert res.episode_end["real_ends"] == 1 and res.reward_mae >= 0
     # A later common start (another model with more context frames) keeps the alignment.
     d = rollout(tiny_world, eps, 4, start=K + 1, seed=3)
     assert d.stepped.sum(1).tolist() == [4, 4, 2]
@@ -225,16 +226,11 @@ def cartpole_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_real_game_replays_and_branches(cartpole_data: Path, tiny_world) -> None:  # type: ignore[no-untyped-def]
-    from worldsim.eval.rollout import (
-        RealGame,
-        at_frames,
-        control_probe,
-        load_eval_episodes,
-        pick_probes,
-        probe_actions,
-        real_control,
-        real_divergence,
-    )
+    from worldsim.eval.control import probe_actions
+    from worldsim.eval.divergence import real_divergence
+    from worldsim.eval.episodes import load_eval_episodes
+    from worldsim.eval.probes import at_frames, control_probe, pick_probes, real_control
+    from worldsim.real import RealGame
     from worldsim.worlds import get_world
 
     wd = get_world("cartpole")
@@ -270,8 +266,10 @@ def test_eval_end_to_end(tmp_path: Path, tiny_world_path: Path, cartpole_data: P
     out = tmp_path / "eval"
     argv = ["eval", str(tiny_world_path), str(tiny_world_path), "--world", "cartpole", "--names", "a,b"]
     argv += ["--data", str(cartpole_data), "--episodes", "2", "--horizon", "12", "--horizons", "1,10"]
+    argv += ["--control-states", "3", "--control-frames", "2", "--random-episodes", "3", "--random-frames", "5"]
     argv += ["--out", str(out), "--seed", "0", "--device", "cpu", "--control-k", "3", "--probes", "2"]
     assert main(argv) == 0
+    assert main(argv) == 2  # never over an existing report without --force (refused before any work)
 
     def no_nan(token: str) -> float:
         raise AssertionError(f"results.json holds a bare {token}")
@@ -291,9 +289,22 @@ def test_eval_end_to_end(tmp_path: Path, tiny_world_path: Path, cartpole_data: P
     assert res["control_real_checks"]["replay_ok"] == res["control_real_checks"]["probes"]
     assert res["real_divergence"]["replay_frames_ok"] == res["real_divergence"]["replay_frames_checked"]
     assert "first_frame_above_2x" in a["target"]["pole_angle"]
+    fid = res["control_fidelity"]["a"]
+    assert fid["held"]["states"] == 3 and fid["held"]["frames"] == 2 and fid["random"]["episodes"] == 3
+    assert set(fid["held"]["variables"]) == {"cart_x", "pole_angle", "pixels"}
+    assert set(res["control_fidelity_headline"]["a"]) >= {"pole_angle sign agreement", "termination within 2 frames"}
     text = (out / "report.md").read_text()
+    assert "Control fidelity against the real game" in text and "FAIL" in text  # random weights fail the targets
     assert "FD on our codec's latents" in text and "not FID" in text and "| a |" in text
-    for f in ("drift.png", "psnr.png", "ssim.png", "pole_angle_err.png", "filmstrip.png", "control.png"):
+    for f in (
+        "drift.png",
+        "psnr.png",
+        "ssim.png",
+        "pole_angle_err.png",
+        "filmstrip.png",
+        "control.png",
+        "control_fidelity_a.png",
+    ):
         assert (out / f).stat().st_size > 1000, f
     # Deterministic given --seed.
     assert main([*argv[:-6], "--out", str(tmp_path / "again"), "--seed", "0", "--device", "cpu", "--no-control"]) == 0
@@ -316,11 +327,48 @@ def test_eval_of_your_own_game(tmp_path: Path, tiny_world_path: Path, cartpole_d
     from worldsim.cli import main
 
     argv = ["eval", str(tiny_world_path), "--world", "my-game", "--episodes", "1", "--horizon", "6"]
-    argv += ["--horizons", "1,6", "--out", str(tmp_path), "--device", "cpu"]
+    argv += ["--horizons", "1,10", "--out", str(tmp_path), "--device", "cpu", "--control-states", "2"]
+    argv += ["--control-frames", "2", "--random-episodes", "0"]
     assert main(argv) == 2
     assert "not a bundled world: pass --data" in capsys.readouterr().err
     assert main([*argv, "--data", str(cartpole_data)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     m = next(iter(res["models"].values()))
     assert len(m["curves"]["psnr"]) == 6 and not any(k.endswith("_err") for k in m["curves"])
-    assert "my-game" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "my-game" in text
+    # Episodes of 25 frames leave 23 after the context: the horizon is clipped, and the report says so.
+    assert res["meta"]["horizon"] == 6 and "horizon" not in " ".join(res["meta"]["notes"])
+    assert list(res["control_fidelity"][next(iter(res["models"]))]["held"]["variables"]) == ["pixels"]
+    assert "pixels sign agreement" in text
+
+
+def test_eval_output_per_world_and_clipped_horizons(
+    tmp_path: Path, tiny_world_path: Path, cartpole_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worldsim.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", str(tiny_world_path), "--world", "cartpole", "--data", str(cartpole_data), "--episodes", "1"]
+    argv += ["--horizon", "200", "--horizons", "1,10,50,200", "--device", "cpu", "--no-control", "--no-divergence"]
+    argv += ["--control-states", "0", "--random-episodes", "0"]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "eval" / "cartpole" / "results.json").read_text())
+    assert res["meta"]["horizon"] == 23 and res["meta"]["horizons"] == [1, 10]  # 25 frames, 2 of them context
+    notes = " ".join(res["meta"]["notes"])
+    assert "clipped to 23" in notes and "50, 200" in notes
+    assert "clipped to 23" in (tmp_path / "eval" / "cartpole" / "report.md").read_text()
+
+
+def test_eval_only_control_needs_no_recording(tmp_path: Path, tiny_world_path: Path) -> None:
+    from worldsim.cli import main
+
+    out = tmp_path / "ctl"
+    argv = ["eval", str(tiny_world_path), "--world", "cartpole", "--only-control", "--control-states", "2"]
+    argv += ["--control-frames", "2", "--random-episodes", "2", "--random-frames", "4", "--out", str(out)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert main([*argv, "--device", "cpu", "--force"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["models"] == {} and res["control_fidelity"]["tiny"]["random"]["episodes"] == 2
+    assert "Control fidelity" in (out / "report.md").read_text()

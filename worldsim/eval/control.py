@@ -161,7 +161,7 @@ def collect_starts(
     for i in range(n):
         s = seed + i
         extra = int(rng.integers(prefix[0], prefix[1] + 1))
-        for attempt in range(50):
+        for _attempt in range(50):
             frames, acts = [game.reset(s)], [null]
             for _ in range(context - 1 + extra):
                 a = random_action(spec, space)
@@ -176,7 +176,9 @@ def collect_starts(
             s += 100_003 if extra == 0 else 0  # even the shortest prefix ended: another seed
         else:
             raise RealGameError(f"{game.spec.env_id}: no start state survives {context} random frames")
-        out.append(StartState(np.stack(frames[-context:]), np.stack(acts[-context:]), game.snapshot(), s, np.stack(acts[1:])))
+        out.append(
+            StartState(np.stack(frames[-context:]), np.stack(acts[-context:]), game.snapshot(), s, np.stack(acts[1:]))
+        )
     return out
 
 
