@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -253,8 +254,12 @@ def test_sb3_ppo_through_adapter(tiny_world_path: Path) -> None:
     assert action.shape == (2,)
 
 
-def test_dream_to_real_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """examples/dream_to_real.py end to end on a tiny world (PPO in the dream, scored in CartPole-v1)."""
+@pytest.mark.parametrize("obs", ["pixels", "state"])
+def test_dream_to_real_example_runs(
+    tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch, obs: str, tmp_path: Path
+) -> None:
+    """examples/dream_to_real.py end to end on a tiny world (PPO in the dream, scored in CartPole-v1),
+    from stacked frames and from the state read off them."""
     pytest.importorskip("stable_baselines3")
     import importlib.util
 
@@ -264,12 +269,15 @@ def test_dream_to_real_example_runs(tiny_world_path: Path, monkeypatch: pytest.M
     mod = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "dream_to_real", mod)  # dataclasses look their module up
     spec.loader.exec_module(mod)
+    out = tmp_path / "d2r.json"
     args = mod.Args(
-        world_path=str(tiny_world_path), total_timesteps=16, num_envs=2, max_episode_steps=5, eval_episodes=2
-    )
+        world_path=str(tiny_world_path), obs=obs, total_timesteps=16, num_envs=2, max_episode_steps=5,
+        eval_episodes=2, json_out=str(out),
+    )  # fmt: skip
     res = mod.main(args)
-    assert set(res) == {"dream_trained", "dream_random", "real_trained", "real_random"}
-    assert all(np.isfinite(v) for v in res.values()) and res["real_random"] > 0
+    returns = {"dream_trained", "dream_random", "real_trained", "real_random"}
+    assert returns <= set(res) and all(np.isfinite(res[k]) for k in returns) and res["real_random"] > 0
+    assert json.loads(out.read_text())["args"]["obs"] == obs
 
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
