@@ -11,7 +11,7 @@ import pytest
 from worldsim.data.diagnostic import DiagnosticConfig, coverage, diagnose
 from worldsim.data.episodes import Episode
 from worldsim.data.policies import Exploration, PolicyError, explore
-from worldsim.data.record import RecordConfig, record, record_episode
+from worldsim.data.record import RecordConfig, open_game, record, record_episode
 from worldsim.spaces import ActionSpec
 
 
@@ -58,9 +58,10 @@ def test_recording_with_exploration_is_reproducible(tmp_path: Path) -> None:
     manifest = record(cfg, progress=False)
     assert manifest["explore"]["epsilon_range"] == [1.0, 1.0]
     assert manifest["shards"][0]["explore"][0]["epsilon"] == 1.0
-    env = gym.make("CartPole-v1", render_mode="rgb_array")
-    spec = ActionSpec.from_space(env.action_space)
-    a, b = (record_episode(env, cfg, 1, spec) for _ in range(2))
+    game = open_game(cfg)
+    spec = ActionSpec.from_space(game.env.action_space)
+    a, b = (record_episode(game, cfg, 1, spec) for _ in range(2))
+    game.close()
     assert np.array_equal(a.actions, b.actions) and np.array_equal(a.frames, b.frames)
 
 

@@ -17,11 +17,11 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 pygame = pytest.importorskip("pygame")
 
+from worldsim.keys import KeyTracker, fallback_keymap, key_code  # noqa: E402
 from worldsim.play import add_arguments, build, load_actions, main  # noqa: E402
 from worldsim.play.app import PlayerApp  # noqa: E402
 from worldsim.play.game import GAP  # noqa: E402
 from worldsim.play.hud import hud_lines  # noqa: E402
-from worldsim.play.keys import KeyTracker, fallback_keymap, key_code  # noqa: E402
 from worldsim.play.recorder import Recorder, RecorderError, mp4_available  # noqa: E402
 from worldsim.spaces import ActionSpec  # noqa: E402
 from worldsim.worlds import WorldDef  # noqa: E402

@@ -22,13 +22,13 @@ game (``worldsim.data.diagnostic`` measures this).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from worldsim.display import has_display
 
 log = logging.getLogger(__name__)
 
@@ -260,15 +260,6 @@ SCRIPTED: dict[str, Callable[[np.random.Generator], Policy]] = {
 
 
 # ---------------------------------------------------------------------------- human
-def has_display() -> bool:
-    """Whether pygame can open a window here."""
-    if os.environ.get("SDL_VIDEODRIVER") in ("dummy", "offscreen"):
-        return True
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
 class Keyboard:
     """A pygame window showing the recorded frames; the world's key map turns held keys into actions.
 
@@ -282,7 +273,7 @@ class Keyboard:
         self.check(world)
         import pygame
 
-        from worldsim.play.keys import KeyTracker
+        from worldsim.keys import KeyTracker
         from worldsim.spaces import ActionSpec
 
         pygame.init()

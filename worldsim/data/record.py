@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from worldsim.data.episodes import Episode, read_manifest, split_of, write_manifest, write_shard
-from worldsim.data.frames import preprocess
 from worldsim.data.policies import (
     POLICIES,
     SCRIPTED,
@@ -41,6 +40,7 @@ from worldsim.data.policies import (
     game_name,
     make_policy,
 )
+from worldsim.real import GameSpec, RealGame, RealGameError
 from worldsim.spaces import ActionError, ActionSpec
 
 log = logging.getLogger(__name__)
@@ -83,37 +83,14 @@ class RecordConfig:
 
 
 # ---------------------------------------------------------------------------- the env
-def open_env(cfg: RecordConfig) -> Any:
-    """The real game, rendering ``rgb_array``; :class:`RecordError` if that cannot be had."""
-    import gymnasium as gym
-
-    if cfg.env_id.startswith("ALE/"):
-        try:
-            import ale_py
-        except ImportError as e:
-            raise RecordError("Atari games need ale-py: pip install 'worldsim[atari]'") from e
-        gym.register_envs(ale_py)
+def open_game(cfg: RecordConfig) -> RealGame:
+    """The real game (:class:`worldsim.real.RealGame`: ``rgb_array`` rendering, frameskip, the crop
+    and 64x64 resize), its time limit at ``max_steps`` frames so that the env's own limit never cuts
+    an episode before ``--max-steps`` does; :class:`RecordError` if it cannot be had."""
     try:
-        # The env's own time limit must not cut an episode before --max-steps does.
-        env = gym.make(
-            cfg.env_id, render_mode="rgb_array", max_episode_steps=cfg.max_steps * cfg.frameskip, **cfg.env_kwargs
-        )
-    except gym.error.Error as e:
-        raise RecordError(f"cannot make env {cfg.env_id!r}: {e}") from e
-    except (TypeError, ImportError) as e:
-        raise RecordError(f"cannot make env {cfg.env_id!r} with render_mode='rgb_array': {e}") from e
-    modes = env.metadata.get("render_modes", [])
-    if env.render_mode != "rgb_array" or "rgb_array" not in modes:
-        env.close()
-        raise RecordError(f"env {cfg.env_id!r} cannot render rgb_array (its render modes: {modes})")
-    return env
-
-
-def _frame(env: Any, crop: tuple[int, int, int, int] | None) -> np.ndarray:
-    frame = env.render()
-    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3:
-        raise RecordError(f"env rendered {type(frame).__name__} {getattr(frame, 'shape', '')}, not an RGB array")
-    return preprocess(frame, crop)
+        return RealGame(GameSpec(cfg.env_id, dict(cfg.env_kwargs), cfg.frameskip, cfg.crop, cfg.max_steps))
+    except RealGameError as e:
+        raise RecordError(str(e)) from e
 
 
 # ---------------------------------------------------------------------------- one episode
@@ -135,31 +112,27 @@ def exploration_plan(cfg: RecordConfig, episode_id: int) -> tuple[np.random.Gene
 
 
 def record_episode(
-    env: Any, cfg: RecordConfig, episode_id: int, spec: ActionSpec, keyboard: Keyboard | None = None
+    game: RealGame, cfg: RecordConfig, episode_id: int, spec: ActionSpec, keyboard: Keyboard | None = None
 ) -> Episode:
     """Play and record one episode (at most ``cfg.max_steps`` frames after the reset frame)."""
     seed = cfg.seed + episode_id
     name, rng = episode_policy(cfg, episode_id)
-    env.reset(seed=seed)
+    first = game.reset(seed)
+    env = game.env
     policy = make_policy(name, env, rng, cfg.world, keyboard)
     xrng, plan = exploration_plan(cfg, episode_id)
     if plan is not None:
         policy = explore(policy, env.action_space, xrng, plan, cfg.explore.hold)
-    frames, actions, rewards, terminated, truncated = [_frame(env, cfg.crop)], [], [], [], []
+    frames, actions, rewards, terminated, truncated = [first], [], [], [], []
     for step in range(cfg.max_steps):
         action = policy(env, frames[-1])
-        total, term, trunc = 0.0, False, False
-        for _ in range(cfg.frameskip):
-            _, r, term, trunc, _ = env.step(action)
-            total += float(r)
-            if term or trunc:
-                break
-        frames.append(_frame(env, cfg.crop))
+        out = game.step(action)  # frameskip env steps, the action held, rewards summed
+        frames.append(game.frame())
         actions.append(spec.validate([action])[0])
-        rewards.append(total)
-        terminated.append(bool(term))
-        truncated.append(bool(trunc) or (step == cfg.max_steps - 1 and not term))
-        if term or trunc:
+        rewards.append(out.reward)
+        terminated.append(out.terminated)
+        truncated.append(out.truncated or (step == cfg.max_steps - 1 and not out.terminated))
+        if out.done:
             break
     return Episode(
         frames=np.stack(frames),
@@ -314,7 +287,8 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     names = {name for name, _ in cfg.policies}
     if names - set(POLICIES):
         raise RecordError(f"unknown policy {sorted(names - set(POLICIES))[0]!r}: use one of {', '.join(POLICIES)}")
-    env = open_env(cfg)
+    game = open_game(cfg)
+    env = game.env
     try:
         if "scripted" in names and game_name(env) not in SCRIPTED:
             raise RecordError(f"no scripted policy for {cfg.env_id} (only {', '.join(SCRIPTED)}): use random or sticky")
@@ -329,10 +303,10 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
         policy_of = {i: episode_policy(cfg, i)[0] for i in todo}
         keyboard = Keyboard(cfg.world, env.action_space) if "human" in policy_of.values() else None
     except BaseException:
-        env.close()
+        game.close()
         raise
     if not todo:
-        env.close()
+        game.close()
         log.info("%s already holds %d episodes (%d frames): nothing to do", out, len(done), manifest["frames"])
         return manifest
     if done:
@@ -341,7 +315,7 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     bar = tqdm(total=cfg.episodes, initial=len(done), desc=f"record {cfg.env_id}", unit="ep", disable=not progress)
     try:
         for i in todo:
-            ep = record_episode(env, cfg, i, spec, keyboard)
+            ep = record_episode(game, cfg, i, spec, keyboard)
             writer.add(ep)
             bar.set_postfix(frames=manifest["frames"] + sum(len(e) + 1 for e in writer.pending), refresh=False)
             bar.update(1)
@@ -352,7 +326,7 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     finally:
         writer.flush()  # finished episodes are kept even when interrupted
         bar.close()
-        env.close()
+        game.close()
         if keyboard is not None:
             keyboard.close()
     log.info(

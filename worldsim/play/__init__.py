@@ -10,8 +10,8 @@ In the window: the world's keys play; R resets, P pauses, H toggles the HUD, F1 
 F12 saves a screenshot, V starts/stops recording, ESC quits.
 
 Layout: ``game.py`` (PlayerCore: actions in, frames out, both games in lock step, recording; no
-window), ``keys.py`` (held keys -> action), ``hud.py``, ``recorder.py`` (GIF/MP4), ``app.py`` (the
-thin pygame front end and the headless loop).
+window), ``hud.py``, ``recorder.py`` (GIF/MP4), ``app.py`` (the thin pygame front end and the
+headless loop); held keys -> action is :mod:`worldsim.keys`, shared with human recording.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
 
     ``world_def``: a WorldDef-like object to use instead of looking one up by name.
     """
+    from worldsim.keys import fallback_keymap
     from worldsim.play.game import CompareGame, LocalBackend, PlayerCore, RemoteBackend
-    from worldsim.play.keys import fallback_keymap
 
     if args.remote:
         from worldsim.client import RemoteWorld
@@ -246,8 +246,8 @@ def main(args: argparse.Namespace) -> int:
     except (RecorderError, ValueError, KeyError, OSError) as e:
         return fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))  # KeyError str() adds quotes
 
+    from worldsim.keys import KeyTracker
     from worldsim.play.app import NoDisplay, PlayerApp
-    from worldsim.play.keys import KeyTracker
 
     core = setup.core
     try:

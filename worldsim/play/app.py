@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from worldsim.keys import KeyTracker
 from worldsim.play.game import GAP, PlayerCore
 from worldsim.play.hud import draw_panel, help_lines, hud_lines
-from worldsim.play.keys import KeyTracker
 from worldsim.play.recorder import default_video_suffix
 
 log = logging.getLogger(__name__)
