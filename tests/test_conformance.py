@@ -117,3 +117,4 @@ def test_surfaces_import_the_engine_episodes_real_and_wire_only() -> None:
         assert not bad, f"{f.relative_to(root)} imports {bad}"
     assert not {m for m in _imports(root / "client.py") if m.startswith("worldsim.serve")}
     assert "worldsim.client" not in _imports(root / "play" / "game.py")
+    assert not {m for m in _imports(root / "data" / "policies.py") if m.startswith("worldsim.play")}
