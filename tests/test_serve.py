@@ -382,3 +382,102 @@ def test_stubs_match_proto() -> None:
     from worldsim.wire.codegen import stale_stubs
 
     assert stale_stubs() == [], "run python -m worldsim.wire.codegen"
+
+
+def test_reflection_v1_and_v1alpha_list_the_service(tiny_world_path: Path) -> None:
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    with serving(tiny_world_path, token="t") as srv:  # reflection stays open with auth on
+        channel = grpc.insecure_channel(srv.address)
+        for version in ("v1", "v1alpha"):
+            info = channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            own = f"grpc.reflection.{version}.ServerReflection"
+            requests = [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="worldsim.v1.WorldService"),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=own),
+            ]
+            listed, described, itself = list(info(iter(requests), timeout=10))
+            names = {s.name for s in listed.list_services_response.service}
+            assert {"worldsim.v1.WorldService", "grpc.health.v1.Health", own} <= names
+
+            def files(resp: Any) -> list[Any]:
+                raw = resp.file_descriptor_response.file_descriptor_proto
+                return [descriptor_pb2.FileDescriptorProto.FromString(b) for b in raw]
+
+            assert any(f.package == "worldsim.v1" and f.service[0].name == "WorldService" for f in files(described))
+            assert [f.package for f in files(itself)] == [f"grpc.reflection.{version}"], version
+        channel.close()
+
+
+def test_per_client_session_cap(tiny_world_path: Path) -> None:
+    with serving(tiny_world_path, max_sessions=4, max_sessions_per_client=2) as srv:
+        a, b = RemoteWorld(srv.address, "tiny", seed=0), RemoteWorld(srv.address, "tiny", seed=1)
+        with pytest.raises(ResourceExhausted, match="--max-sessions-per-client") as e:
+            RemoteWorld(srv.address, "tiny")
+        assert e.value.reason == "ERROR_REASON_SESSION_LIMIT"
+        a.close()  # closing one frees the client's slot
+        c = RemoteWorld(srv.address, "tiny", seed=2)
+        assert Client(srv.address).list_worlds()[0]["active_sessions"] == 2
+        b.close()
+        c.close()
+        assert srv.server is not None and srv.server.service.held == {}
+
+
+def test_a_world_with_non_finite_output_is_not_serving(tiny_world_path: Path) -> None:
+    import torch
+
+    from worldsim.wire.errors import REASON_KEY
+
+    broken = tiny_world()
+    with torch.no_grad():
+        for p in broken.denoiser.parameters():
+            p.fill_(float("nan"))
+    with serving(tiny_world_path, {"broken": broken}) as srv:
+        client = Client(srv.address)
+        assert client.healthy() and client.healthy("worldsim.v1.WorldService")  # "tiny" still serves
+        assert client.healthy("worldsim.v1.WorldService/tiny")
+        assert not client.healthy("worldsim.v1.WorldService/broken")
+        with pytest.raises(RemoteError, match="failed its health check") as e:
+            RemoteWorld(srv.address, "broken")
+        assert (e.value.code, e.value.reason) == ("FAILED_PRECONDITION", "ERROR_REASON_WORLD_UNHEALTHY")
+        RemoteWorld(srv.address, "tiny", seed=0).close()
+    with BackgroundServer({"broken": broken}, ServeConfig(port=0)) as srv:  # nothing healthy: the server is not
+        assert not Client(srv.address).healthy()
+        channel = grpc.insecure_channel(srv.address)
+        with pytest.raises(grpc.RpcError) as raw:
+            channel.unary_unary("/worldsim.v1.WorldService/CreateSession")(
+                pb.CreateSessionRequest(world="broken").SerializeToString(), timeout=10
+            )
+        assert dict(raw.value.trailing_metadata())[REASON_KEY] == "ERROR_REASON_WORLD_UNHEALTHY"
+        channel.close()
+
+
+def test_token_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens are compared with hmac.compare_digest on equal-length digests (no length leak)."""
+    import hmac
+
+    from worldsim.serve import auth
+
+    seen: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    check = auth.TokenAuthInterceptor("s3cret")
+    assert check.authorized([("authorization", "Bearer s3cret")])
+    assert check.authorized([("authorization", "BEARER s3cret")])
+    assert check.authorized([("authorization", "bearer s3cret")])
+    assert not check.authorized([("authorization", "Bearer s3cre")])
+    assert not check.authorized([("authorization", "Bearer " + "x" * 1000)])
+    assert not check.authorized([("authorization", "Basic s3cret")])
+    assert not check.authorized([("authorization", "s3cret")]) and not check.authorized([])
+    assert seen and all(n == (32, 32) for n in seen)

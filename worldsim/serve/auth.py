@@ -1,34 +1,55 @@
 """Bearer-token authentication as a ``grpc.aio`` server interceptor.
 
-Every call must carry the metadata ``authorization: Bearer <token>``, except health checks and
-server reflection (load balancers and grpcurl probe those without credentials). A wrong or
-missing token gets UNAUTHENTICATED before the servicer runs. Tokens are compared in constant time.
+Every call must carry the metadata ``authorization: Bearer <token>`` (the scheme in any case, as
+HTTP auth schemes are case-insensitive), except health checks and server reflection (load
+balancers and grpcurl probe those without credentials). The check runs first, on the call's
+metadata alone: a call without the right token gets UNAUTHENTICATED (reason
+``ERROR_REASON_UNAUTHENTICATED``) before its method is looked up or its body is read, whatever the
+body holds and whether or not the method exists.
+
+Tokens are compared in constant time: both sides are hashed with SHA-256 first, so that
+``hmac.compare_digest`` compares two 32-byte digests and not even the token's length leaks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
-from worldsim.wire.errors import REASON_KEY
+from worldsim.serve.interceptors import refusing_handler
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_DENIED = refusing_handler(
+    "UNAUTHENTICATED",
+    "ERROR_REASON_UNAUTHENTICATED",
+    "missing or wrong bearer token: send the metadata 'authorization: Bearer <token>' with the server's --token",
+)
+
+
+def _digest(token: str | bytes) -> bytes:
+    raw = token if isinstance(token, bytes) else token.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(raw).digest()
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("the token must not be empty")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = _digest(token)
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                got = value.encode() if isinstance(value, str) else bytes(value)
-                return hmac.compare_digest(got, self._expected)
+    def authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
+        """Whether the call's metadata carries ``authorization: Bearer <the token>``."""
+        for key, value in metadata or ():
+            if key.lower() != "authorization":
+                continue
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            scheme, _, credentials = text.strip().partition(" ")
+            same = hmac.compare_digest(_digest(credentials.strip()), self._expected)
+            return same and scheme.lower() == "bearer"
         return False
 
     async def intercept_service(
@@ -36,31 +57,6 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_PREFIXES) or self._authorized(details):
-            return handler
-        return _deny(handler)
-
-
-_METADATA = ((REASON_KEY, "ERROR_REASON_UNAUTHENTICATED"),)
-_MESSAGE = "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
-
-
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind that fails with UNAUTHENTICATED."""
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE, trailing_metadata=_METADATA)
-
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE, trailing_metadata=_METADATA)
-        yield  # pragma: no cover  (makes this an async generator)
-
-    de, se = handler.request_deserializer, handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming, de, se)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, de, se)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, de, se)
-    return grpc.unary_unary_rpc_method_handler(unary, de, se)
+        if str(details.method).startswith(OPEN_PREFIXES) or self.authorized(details.invocation_metadata):
+            return await continuation(details)
+        return _DENIED

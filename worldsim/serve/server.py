@@ -1,50 +1,44 @@
-"""``worldsim serve``: neural worlds over gRPC (API: ``proto/worldsim/v1/world.proto``).
+"""The gRPC server of ``worldsim serve`` (API: ``proto/worldsim/v1/world.proto``; CLI: ``serve/cli.py``).
 
-    worldsim serve                          # every bundled world that has a checkpoint
-    worldsim serve cartpole my.safetensors --port 50051 --token SECRET --tls-cert c.pem --tls-key k.pem
-
-In Python (tests, notebooks, benchmarks)::
-
-    with BackgroundServer({"tiny": world}, ServeConfig(port=0)) as srv:
-        env = RemoteWorld(srv.address, "tiny")
+In Python: ``with BackgroundServer({"tiny": world}, ServeConfig(port=0)) as srv: RemoteWorld(srv.address, "tiny")``.
 
 The server runs on ``grpc.aio``. Sessions of a world share one engine and are stepped together in
-micro-batches (``sessions.py`` explains how sessions map to engine rows). Standard health checking
-(``grpc.health.v1``) and server reflection are on. Bad input gets its status code, with the
-``worldsim-error-reason`` trailing metadata naming an ``ErrorReason``, and the server keeps
-serving: INVALID_ARGUMENT (action shape/type/range/NaN, bad context), NOT_FOUND (unknown world or
-session), RESOURCE_EXHAUSTED (session limit, oversize message), FAILED_PRECONDITION (step after
-the episode ended), UNAUTHENTICATED (token), UNIMPLEMENTED (JPEG without Pillow). On SIGTERM or
-SIGINT the health status turns NOT_SERVING, then the server stops with a grace period.
+micro-batches (``sessions.py``). Every call first passes the interceptors (``auth.py``: the token,
+before anything else; ``interceptors.py``: unknown methods, oversize and undecodable bodies);
+health (per world too) and reflection v1 + v1alpha are in ``probes.py``. Every error has its
+status code, the ``worldsim-error-reason`` trailer and a bounded message
+(``worldsim.wire.errors.abort``; the codes are listed in the .proto), and the server keeps
+serving. On SIGTERM or SIGINT the health status turns NOT_SERVING, then the server stops with a
+grace period.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from worldsim.engine.world import WorldModel
-from worldsim.serve.auth import REASON_KEY, TokenAuthInterceptor
+from worldsim.serve.auth import TokenAuthInterceptor
+from worldsim.serve.interceptors import RequestGuard, client_of, grpc_ceiling
+from worldsim.serve.probes import Health, add_reflection, probe_world
 from worldsim.serve.sessions import (
     ClientSession,
     InvalidAction,
     InvalidArgument,
     Options,
     ServeError,
+    SessionLimit,
     SessionNotFound,
     StepOut,
     UnsupportedEncoding,
@@ -56,6 +50,7 @@ from worldsim.wire import encoding as enc
 from worldsim.wire._proto import world_pb2 as pb
 from worldsim.wire._proto import world_pb2_grpc as pb_grpc
 from worldsim.wire.convert import action_from_proto, action_space_to_proto, context_from_proto
+from worldsim.wire.errors import abort, clip
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["WorldService"].full_name  # "worldsim.v1.WorldService"
@@ -70,6 +65,11 @@ class ServeConfig:
     """Port; 0 picks a free one (``Server.port`` tells which)."""
     max_sessions: int = 64
     """Sessions per world: the rows of its engine (memory is allocated for all of them)."""
+    max_sessions_per_client: int = 0
+    """Sessions one client may hold open at once, over all worlds (0: no cap besides
+    ``max_sessions``). Clients are told apart by their address (IP, without the port), so one
+    client cannot take every slot for the whole idle timeout; clients behind one NAT or proxy
+    share a cap."""
     idle_timeout: float = 300.0
     """Seconds without a request after which a session is closed (0: never)."""
     rate_limit: float = 0.0
@@ -83,9 +83,30 @@ class ServeConfig:
     tls_key: Path | None = None
     """PEM private key of ``tls_cert``."""
     max_message_bytes: int = 1 << 20
-    """Larger requests are refused with RESOURCE_EXHAUSTED."""
+    """Larger requests are refused with RESOURCE_EXHAUSTED (``ERROR_REASON_MESSAGE_TOO_LARGE``)."""
     grace: float = 5.0
     """Seconds in-flight calls get to finish on shutdown."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the field and its ``worldsim serve`` flag."""
+        checks = [
+            ("max_sessions", self.max_sessions >= 1, ">= 1"),
+            ("max_sessions_per_client", self.max_sessions_per_client >= 0, ">= 0 (0: no cap)"),
+            ("port", 0 <= self.port <= 65535, "in 0..65535 (0: any free port)"),
+            ("idle_timeout", self.idle_timeout >= 0, ">= 0 (0: never)"),
+            ("rate_limit", self.rate_limit >= 0, ">= 0 (0: unlimited)"),
+            ("window_ms", self.window_ms >= 0, ">= 0"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("grace", self.grace >= 0, ">= 0"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} ({flag}) must be {want}, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(
+                "--tls-cert and --tls-key go together: give both (PEM chain and its private key) or neither"
+            )
 
 
 # ---------------------------------------------------------------------------- the service
@@ -102,10 +123,17 @@ def world_info(host: WorldHost) -> pb.WorldInfo:
     )
 
 
+class WorldUnhealthy(ServeError):
+    code, reason = "FAILED_PRECONDITION", pb.ERROR_REASON_WORLD_UNHEALTHY
+
+
 class WorldService(pb_grpc.WorldServiceServicer):
     def __init__(self, hosts: dict[str, WorldHost], cfg: ServeConfig) -> None:
         self.hosts, self.cfg = hosts, cfg
         self.index: dict[str, tuple[WorldHost, ClientSession]] = {}
+        self.unhealthy: dict[str, str] = {}  # world -> why it failed its probe
+        self.owner: dict[str, str] = {}  # session id -> client (for max_sessions_per_client)
+        self.held: Counter[str] = Counter()  # client -> sessions open (or being opened)
 
     # ------------------------------------------------------------------ helpers
     async def _guard(self, context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
@@ -113,20 +141,19 @@ class WorldService(pb_grpc.WorldServiceServicer):
         try:
             return await work
         except ServeError as e:
-            await _abort(context, getattr(grpc.StatusCode, e.code), e.reason, str(e))
+            await abort(context, e.code, pb.ErrorReason.Name(e.reason), str(e))
         except ActionError as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, pb.ERROR_REASON_INVALID_ACTION, str(e))
+            await abort(context, "INVALID_ARGUMENT", "ERROR_REASON_INVALID_ACTION", str(e))
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as e:
             log.exception("internal error")
-            await _abort(context, grpc.StatusCode.INTERNAL, pb.ERROR_REASON_UNSPECIFIED, f"{type(e).__name__}: {e}")
-        raise AssertionError("unreachable")  # abort() raises
+            await abort(context, "INTERNAL", "ERROR_REASON_UNSPECIFIED", f"{type(e).__name__}: {e}")
 
     def _lookup(self, sid: str) -> tuple[WorldHost, ClientSession]:
         found = self.index.get(sid)
         if found is None:
-            raise SessionNotFound(f"unknown session {sid!r} (never opened, closed, or evicted after being idle)")
+            raise SessionNotFound(f"unknown session {clip(sid)} (never opened, closed, or evicted after being idle)")
         return found
 
     def _frame(self, cs: ClientSession, frame: np.ndarray, out: StepOut | None = None) -> pb.Frame:
@@ -172,12 +199,35 @@ class WorldService(pb_grpc.WorldServiceServicer):
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateSessionResponse:
-        return await self._guard(context, self._create(request))
+        return await self._guard(context, self._create(request, client_of(context)))
 
-    async def _create(self, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
+    async def _create(self, request: pb.CreateSessionRequest, client: str) -> pb.CreateSessionResponse:
         host = self.hosts.get(request.world)
         if host is None:
-            raise WorldNotFound(f"unknown world {request.world!r}; this server has {sorted(self.hosts)}")
+            raise WorldNotFound(f"unknown world {clip(request.world)}; this server has {sorted(self.hosts)}")
+        if host.name in self.unhealthy:
+            raise WorldUnhealthy(f"world {host.name!r} failed its health check ({self.unhealthy[host.name]})")
+        cap = self.cfg.max_sessions_per_client
+        if cap and self.held[client] >= cap:
+            raise SessionLimit(
+                f"this client ({client}) already holds {self.held[client]} sessions, the server's limit per client "
+                "(--max-sessions-per-client): close one first"
+            )
+        self.held[client] += 1  # reserved now: concurrent creates of one client cannot pass the cap together
+        try:
+            response = await self._open(host, request)
+        except BaseException:
+            self._release(client)
+            raise
+        self.owner[response.session_id] = client
+        return response
+
+    def _release(self, client: str) -> None:
+        self.held[client] -= 1
+        if self.held[client] <= 0:
+            del self.held[client]
+
+    async def _open(self, host: WorldHost, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
         o = request.options
         if o.max_episode_steps < 0:
             raise InvalidArgument(f"max_episode_steps must be >= 0, got {o.max_episode_steps}")
@@ -248,6 +298,9 @@ class WorldService(pb_grpc.WorldServiceServicer):
     # ------------------------------------------------------------------ housekeeping
     async def close(self, host: WorldHost, cs: ClientSession, why: str = "the session was closed") -> None:
         self.index.pop(cs.sid, None)
+        client = self.owner.pop(cs.sid, None)
+        if client is not None:
+            self._release(client)
         if await host.close(cs, why):
             log.info("session %s closed: %s (%d active on %s)", cs.sid[:8], why, len(host.sessions), host.name)
 
@@ -262,23 +315,14 @@ class WorldService(pb_grpc.WorldServiceServicer):
                     await self.close(host, cs, f"evicted after {timeout:g} s idle")
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: int, message: str) -> None:
-    await context.abort(code, message, trailing_metadata=((REASON_KEY, pb.ErrorReason.Name(reason)),))
-
-
 # ---------------------------------------------------------------------------- the server
 class Server:
     """A running gRPC server: ``server = await Server.start(worlds, cfg)``; ``server.port``."""
 
     def __init__(
-        self,
-        server: grpc.aio.Server,
-        service: WorldService,
-        health_servicer: health.aio.HealthServicer,
-        port: int,
-        tasks: list[asyncio.Task[None]],
+        self, server: grpc.aio.Server, service: WorldService, health: Health, port: int, tasks: list[asyncio.Task[None]]
     ) -> None:
-        self.server, self.service, self.health, self.port, self.tasks = server, service, health_servicer, port, tasks
+        self.server, self.service, self.health, self.port, self.tasks = server, service, health, port, tasks
 
     @property
     def hosts(self) -> dict[str, WorldHost]:
@@ -286,35 +330,30 @@ class Server:
 
     @classmethod
     async def start(cls, worlds: dict[str, WorldModel], cfg: ServeConfig) -> Server:
-        if bool(cfg.tls_cert) != bool(cfg.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
+        # Each world's first step, before any client: a world with non-finite output is NOT_SERVING.
+        unhealthy = {n: why for n, w in worlds.items() if (why := await asyncio.to_thread(probe_world, w))}
         hosts = {n: WorldHost(n, w, cfg.max_sessions, cfg.window_ms, cfg.rate_limit) for n, w in worlds.items()}
+        guard = RequestGuard(cfg.max_message_bytes)
         server = grpc.aio.server(
-            interceptors=[TokenAuthInterceptor(cfg.token)] if cfg.token else [],
+            interceptors=[TokenAuthInterceptor(cfg.token), guard] if cfg.token else [guard],
             options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                # The guard refuses bodies over max_message_bytes with a labelled status; gRPC's own
+                # limit (no trailer) only stops what is far beyond it.
+                ("grpc.max_receive_message_length", grpc_ceiling(cfg.max_message_bytes)),
                 ("grpc.max_send_message_length", 16 << 20),
                 ("grpc.so_reuseport", 0),
             ],
         )
         service = WorldService(hosts, cfg)
+        service.unhealthy = unhealthy
         pb_grpc.add_WorldServiceServicer_to_server(service, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert and cfg.tls_key:
-            creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
-            port = server.add_secure_port(address, creds)
-        else:
-            port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"could not bind {address}")
+        health_ = Health(server, SERVICE)
+        add_reflection(server, [SERVICE, health.SERVICE_NAME])
+        port = _bind(server, cfg)
         for h in hosts.values():
             h.start()
         await server.start()
-        for name in ("", SERVICE):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_.publish(unhealthy, hosts)
         tasks = [asyncio.get_running_loop().create_task(service.evict_idle_forever())]
         log.info(
             "serving %s on %s:%d (%s%s)",
@@ -324,16 +363,34 @@ class Server:
             "TLS" if cfg.tls_cert else "plaintext",
             ", token auth" if cfg.token else "",
         )
-        return cls(server, service, health_servicer, port, tasks)
+        return cls(server, service, health_, port, tasks)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Health NOT_SERVING for every service, then stop; in-flight calls get ``grace`` seconds."""
-        await self.health.enter_graceful_shutdown()
+        await self.health.shutdown()
         await self.server.stop(grace)
         for t in self.tasks:
             t.cancel()
         for h in self.hosts.values():
             await h.stop()
+
+
+def _bind(server: grpc.aio.Server, cfg: ServeConfig) -> int:
+    address = f"{cfg.host}:{cfg.port}"
+    try:
+        if cfg.tls_cert and cfg.tls_key:
+            creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...") for a port in use
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"could not listen on {address}: the port is in use or the address is not on this machine; "
+            "pick another --port (0: any free one) or --host"
+        )
+    return port
 
 
 class BackgroundServer:
@@ -386,82 +443,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# ---------------------------------------------------------------------------- CLI
-def load_worlds(names: list[str], device: Any = None) -> dict[str, WorldModel]:
-    """Bundled world names or checkpoint paths -> {served name: world}; none: every trained bundled world."""
-    from worldsim.worlds import get_world, list_worlds, world_path
-
-    bundled = list_worlds()
-    if not names:
-        names = [n for n in bundled if get_world(n).checkpoint.exists()]
-        if not names:
-            raise SystemExit("worldsim serve: no bundled world has a checkpoint yet; name a checkpoint file")
-    out: dict[str, WorldModel] = {}
-    for n in names:
-        try:
-            path = world_path(n)
-        except (KeyError, FileNotFoundError) as e:
-            raise SystemExit(f"worldsim serve: {e.args[0] if e.args else e}") from None
-        key = n if n in bundled else Path(n).stem
-        if key in out:
-            raise SystemExit(f"worldsim serve: two worlds would be served as {key!r}")
-        out[key] = WorldModel.load(path, device=device)
-        log.info("loaded %s from %s", key, path)
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = ServeConfig()
-    parser.add_argument("worlds", nargs="*", help="bundled world names or checkpoint paths (default: all trained)")
-    parser.add_argument("--host", default=d.host, help="address to bind (0.0.0.0 for remote clients)")
-    parser.add_argument("--port", type=int, default=d.port, help="port (0: any free one; printed at start)")
-    parser.add_argument("--max-sessions", type=int, default=d.max_sessions, help="sessions per world")
-    parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="close idle sessions (s, 0: never)")
-    parser.add_argument("--rate-limit", type=float, default=d.rate_limit, help="max steps/s per session (0: none)")
-    parser.add_argument("--window-ms", type=float, default=d.window_ms, help="micro-batching window (ms)")
-    parser.add_argument("--token", default=None, help="require 'authorization: Bearer TOKEN' from clients")
-    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain (with --tls-key)")
-    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
-    parser.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="largest request")
-    parser.add_argument("--grace", type=float, default=d.grace, help="shutdown grace period (s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
-
-
-def main(args: argparse.Namespace) -> int:
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise SystemExit("worldsim serve: --tls-cert and --tls-key go together")
-    cfg = ServeConfig(
-        host=args.host,
-        port=args.port,
-        max_sessions=args.max_sessions,
-        idle_timeout=args.idle_timeout,
-        rate_limit=args.rate_limit,
-        window_ms=args.window_ms,
-        token=args.token,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        max_message_bytes=args.max_message_bytes,
-        grace=args.grace,
-    )
-    worlds = load_worlds(args.worlds, args.device)
-
-    async def run() -> None:
-        try:
-            server = await Server.start(worlds, cfg)
-        except (RuntimeError, OSError) as e:  # port taken, bad address, unreadable TLS files
-            raise SystemExit(f"worldsim serve: {e}") from None
-        # One machine-readable line, for scripts that start the server with --port 0.
-        print(json.dumps({"port": server.port, "host": cfg.host, "worlds": sorted(worlds)}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down: health NOT_SERVING, %g s grace for in-flight calls", cfg.grace)
-        await server.stop(cfg.grace)
-        log.info("stopped")
-
-    asyncio.run(run())
-    return 0

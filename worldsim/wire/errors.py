@@ -10,11 +10,16 @@ class (as dm_env_rpc's ``v1/error.py`` does with its status). Every class is a
     raise SessionNotFound("session 'x' was closed")          # server side
     code, metadata = status(e)                               # -> context.abort(code, str(e), metadata)
     raise from_rpc_error(rpc_error)                          # client side: the same class again
+
+Every error a server sends goes through :func:`abort`: its message is cut to
+:data:`MAX_MESSAGE_BYTES` (:func:`bounded`) and the reason trailer is always set. Strings a
+client sent are quoted into messages with :func:`clip` (escaped, a short prefix), so that a
+100,000-character id never turns into an oversize status header.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -142,6 +147,31 @@ def status(error: RemoteError) -> tuple[grpc.StatusCode, tuple[tuple[str, str], 
     return getattr(grpc.StatusCode, error.code), ((REASON_KEY, error.reason),)
 
 
+MAX_MESSAGE_BYTES = 512
+"""Longest status message a server sends (UTF-8 bytes); longer ones are cut by :func:`bounded`."""
+
+
+def clip(text: object, limit: int = 48) -> str:
+    """A client-supplied string as it may appear in a status message: escaped (repr), at most ``limit`` characters."""
+    s = str(text)
+    return repr(s) if len(s) <= limit else f"{s[:limit]!r}... ({len(s)} characters)"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes, saying how long it was."""
+    raw = message.encode("utf-8", "backslashreplace")
+    if len(raw) <= limit:
+        return message
+    tail = f"... (cut from {len(raw)} bytes)"
+    return raw[: limit - len(tail)].decode("utf-8", "ignore") + tail
+
+
+async def abort(context: Any, code: str, reason: str, message: str) -> NoReturn:
+    """Server side: end the call with ``code`` (a ``grpc.StatusCode`` name), the bounded message and the reason trailer."""
+    await context.abort(getattr(grpc.StatusCode, code), bounded(message), trailing_metadata=((REASON_KEY, reason),))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
 def from_rpc_error(e: grpc.RpcError) -> RemoteError:
     """Client side: a ``grpc.RpcError`` -> the matching :class:`RemoteError` (by reason, else by code).
 
@@ -175,5 +205,9 @@ __all__ = [
     "BY_REASON",
     "BY_CODE",
     "status",
+    "MAX_MESSAGE_BYTES",
+    "clip",
+    "bounded",
+    "abort",
     "from_rpc_error",
 ]

@@ -26,6 +26,10 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_STEP_IN_FLIGHT: _ClassVar[ErrorReason]
     ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
     ERROR_REASON_UNSUPPORTED_ENCODING: _ClassVar[ErrorReason]
+    ERROR_REASON_MESSAGE_TOO_LARGE: _ClassVar[ErrorReason]
+    ERROR_REASON_MALFORMED_REQUEST: _ClassVar[ErrorReason]
+    ERROR_REASON_WORLD_UNHEALTHY: _ClassVar[ErrorReason]
+    ERROR_REASON_UNKNOWN_METHOD: _ClassVar[ErrorReason]
 FRAME_ENCODING_UNSPECIFIED: FrameEncoding
 FRAME_ENCODING_RAW: FrameEncoding
 FRAME_ENCODING_PNG: FrameEncoding
@@ -40,6 +44,10 @@ ERROR_REASON_EPISODE_ENDED: ErrorReason
 ERROR_REASON_STEP_IN_FLIGHT: ErrorReason
 ERROR_REASON_UNAUTHENTICATED: ErrorReason
 ERROR_REASON_UNSUPPORTED_ENCODING: ErrorReason
+ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason
+ERROR_REASON_WORLD_UNHEALTHY: ErrorReason
+ERROR_REASON_UNKNOWN_METHOD: ErrorReason
 
 class ActionSpace(_message.Message):
     __slots__ = ("kind", "n", "start", "nvec", "shape", "low", "high", "json")
