@@ -48,6 +48,7 @@ from worldsim.wire.errors import (
     from_rpc_error,
 )
 
+
 # ---------------------------------------------------------------------------- connection
 class Client:
     """A connection to a worldsim server: plaintext, or TLS when ``root_cert`` (PEM) is given."""
@@ -152,7 +153,8 @@ class PlayStream:
 class RemoteWorld(gym.Env):
     """A world served by ``worldsim serve``, as a Gymnasium env with the local env's spaces.
 
-    ``address``: ``"host:port"`` or a :class:`Client`. ``encoding``: ``"raw"`` (default, exact),
+    ``address``: ``"host:port"`` or a :class:`Client`; ``world``: the served name (None: the
+    server's only world; a trained world is served under the name it was trained as). ``encoding``: ``"raw"`` (default, exact),
     ``"png"`` (exact, smaller) or ``"jpeg"`` (lossy, smallest). ``reset(options={"frames": (K, 64,
     64, 3) uint8, "actions": K actions})`` starts the episode from real context frames.
 
@@ -172,7 +174,7 @@ class RemoteWorld(gym.Env):
     def __init__(
         self,
         address: str | Client,
-        world: str = "cartpole",
+        world: str | None = None,
         token: str | None = None,
         seed: int | None = None,
         max_episode_steps: int | None = None,
@@ -187,6 +189,8 @@ class RemoteWorld(gym.Env):
             raise ValueError(f"encoding must be one of {sorted(enc.NAMES)}, got {encoding!r}")
         self._own_client = not isinstance(address, Client)
         self.client: Client = address if isinstance(address, Client) else Client(address, token, root_cert, timeout)
+        if world is None:
+            world = self._only_world()
         limit = default_max_episode_steps(world) if max_episode_steps is None else int(max_episode_steps)
         req = pb.CreateSessionRequest(
             world=world,
@@ -214,6 +218,20 @@ class RemoteWorld(gym.Env):
         self._stream: PlayStream | None = None
         self._lock = threading.Lock()
         self._closed = False
+
+    def _only_world(self) -> str:
+        """The server's world when it serves exactly one (``world=None``); else ValueError naming them."""
+        try:
+            names = [str(w["name"]) for w in self.client.list_worlds()]
+        except RemoteError:
+            if self._own_client:
+                self.client.close()
+            raise
+        if len(names) != 1:
+            if self._own_client:
+                self.client.close()
+            raise ValueError(f"the server serves {len(names)} worlds ({', '.join(names)}): name one")
+        return names[0]
 
     def _decode(self, f: pb.Frame) -> np.ndarray:
         return enc.decode(f.data, tuple(f.shape), f.encoding)

@@ -45,6 +45,10 @@ class WorldConfig:
     """Real frames a session starts from (reset)."""
     term_threshold: float = 0.5
     """Predicted termination probability above which a frame ends the episode."""
+    frameskip: int = 1
+    """Real-game steps one world frame covers (from the recording's manifest)."""
+    controls: dict[str, Any] = field(default_factory=dict)
+    """Keyboard controls set at train time: ``keymap``, ``idle`` and ``magnitude`` (see :mod:`worldsim.keys`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.action_space, dict):

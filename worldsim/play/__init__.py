@@ -3,10 +3,12 @@
     worldsim play                                   # cartpole, local engine, keyboard
     worldsim play cartpole --compare                # the real game beside it: same keys, lock step
     worldsim play runs/cartpole/student.safetensors --zoom 8 --smooth
-    worldsim play cartpole --remote localhost:50051 # a world served by `worldsim serve`
+    worldsim play --remote localhost:50051          # the world served by `worldsim serve` (name it if several)
+    worldsim play runs/pendulum/self-forcing/world.safetensors --keys a=0-,d=0+ --key-magnitude 0.5
     worldsim play cartpole --headless --frames 300 --record out.mp4 --screenshot shot.png
 
-In the window: the world's keys play; R resets, P pauses, H toggles the HUD, F1 lists the keys,
+In the window: the world's keys play (``--keys`` / ``--idle`` / ``--key-magnitude``, else the
+controls stored in the world file at train time, else :func:`worldsim.keys.default_keymap`); R resets, P pauses, H toggles the HUD, F1 lists the keys,
 F12 saves a screenshot, V starts/stops recording, ESC quits.
 
 Layout: ``game.py`` (PlayerCore: actions in, frames out, both games in lock step, recording; no
@@ -34,7 +36,10 @@ __all__ = ["Setup", "add_arguments", "build", "load_actions", "main"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "world", nargs="?", default="cartpole", help="bundled world name or checkpoint path (default: cartpole)"
+        "world",
+        nargs="?",
+        default=None,
+        help="bundled world name or checkpoint path (default: cartpole; with --remote the server's only world)",
     )
     parser.add_argument("--remote", default=None, metavar="HOST:PORT", help="play a world served by `worldsim serve`")
     parser.add_argument("--token", default=None, help="bearer token for --remote")
@@ -51,6 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME",
         help="bundled world whose keys and real game to use (default: the one the world is named after)",
+    )
+    parser.add_argument(
+        "--keys",
+        default=None,
+        metavar="MAP",
+        help="key map: KEY=ACTION,... (Discrete left=0,right=2; Box a=0-,d=0+ moves axis 0; MultiDiscrete q=1:2) "
+        "or a JSON object (default: the world file's, else arrows then digits)",
+    )
+    parser.add_argument(
+        "--idle", default=None, metavar="ACTION", help="action with no key held, e.g. 1 or [0.0] (default: see docs)"
+    )
+    parser.add_argument(
+        "--key-magnitude",
+        type=float,
+        default=None,
+        metavar="M",
+        help="Box worlds: how far a key pushes its axis from idle towards the bound, in (0, 1] (default 1)",
     )
     parser.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H toggles it)")
     parser.add_argument("--out-dir", type=Path, default=Path("."), help="where F12 screenshots and V videos go")
@@ -85,6 +107,7 @@ class Setup:
     fps: float
     title: str
     world_def: Any = None  # the bundled WorldDef, when there is one
+    magnitude: float = 1.0  # Box worlds: how far a key pushes its axis
 
 
 def _world_def(*names: str | None) -> Any:
@@ -105,7 +128,7 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
 
     ``world_def``: a WorldDef-like object to use instead of looking one up by name.
     """
-    from worldsim.keys import fallback_keymap
+    from worldsim.keys import controls_for
     from worldsim.play.game import CompareGame, LocalBackend, PlayerCore, RemoteBackend
 
     if args.remote:
@@ -114,11 +137,13 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
         try:
             backend: Any = RemoteBackend(RemoteWorld(args.remote, args.world, token=args.token, seed=args.seed))
         except Exception as e:  # RemoteError and friends: say what failed, without a traceback
-            raise ConnectionError(f"cannot open world {args.world!r} at {args.remote}: {e}") from e
+            what = f"world {args.world!r}" if args.world else "the served world"
+            raise ConnectionError(f"cannot open {what} at {args.remote}: {e}") from e
     else:
         from worldsim.engine.world import WorldModel
         from worldsim.worlds import world_path
 
+        args.world = args.world or "cartpole"
         backend = LocalBackend(WorldModel.load(world_path(args.world), device=args.device), seed=args.seed)
     real = None
     try:
@@ -137,8 +162,16 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
                 )
             real = CompareGame(wd, size=backend.image_size, action_spec=backend.spec)
         spec = backend.spec
-        keymap = dict(wd.keymap) if wd is not None and wd.keymap else fallback_keymap(spec)
-        default = wd.default_action if wd is not None else (spec.start if spec.kind == "discrete" else 0)
+        stored = backend.world.config.controls if not args.remote else None
+        ctl = controls_for(
+            spec,
+            stored,
+            wd,
+            getattr(args, "keys", None),
+            getattr(args, "idle", None),
+            getattr(args, "key_magnitude", None),
+        )
+        default = ctl["idle"]
         core = PlayerCore(backend, real=real, default_action=default, seed=args.seed)
     except BaseException:
         backend.close()
@@ -146,7 +179,7 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
             real.close()
         raise
     fps = backend.fps if args.fps is None else float(args.fps)
-    return Setup(core, keymap, default, fps, backend.name, wd)
+    return Setup(core, ctl["keymap"], default, fps, backend.name, wd, ctl["magnitude"])
 
 
 def load_actions(path: Path, spec: Any) -> list[Any]:
@@ -211,7 +244,7 @@ def _no_display(args: argparse.Namespace, why: str = "") -> int:
     needs = "" if importlib.util.find_spec("imageio") else " (after pip install 'worldsim[video]')"
     print(
         f"worldsim play: no display here, SDL cannot open a window{reason}; play headless instead{needs}: "
-        f"worldsim play {args.world} --headless --frames 300 --record out{default_video_suffix()}",
+        f"worldsim play {args.world or ''} --headless --frames 300 --record out{default_video_suffix()}",
         file=sys.stderr,
     )
     return 1
@@ -251,7 +284,7 @@ def main(args: argparse.Namespace) -> int:
 
     core = setup.core
     try:
-        keys = KeyTracker(setup.keymap, core.backend.spec, setup.default_action)
+        keys = KeyTracker(setup.keymap, core.backend.spec, setup.default_action, setup.magnitude)
         suffix = None if args.video_format is None else "." + args.video_format
         app = PlayerApp(
             core, keys, setup.fps, args.zoom, args.smooth, video_suffix=suffix, out_dir=args.out_dir, title=setup.title
@@ -269,7 +302,8 @@ def main(args: argparse.Namespace) -> int:
                 next_action, n = action_source(args, setup)
             except ValueError as e:
                 return fail(str(e))
-            out = app.run_headless(next_action, n, args.record, args.screenshot)
+            source = "actions file" if args.actions is not None else args.policy
+            out = app.run_headless(next_action, n, args.record, args.screenshot, source)
             done = [str(p) for p in (out, args.screenshot) if p is not None]
             print(f"played {n} frames of {setup.title}" + (f": wrote {', '.join(done)}" if done else ""))
         else:

@@ -47,7 +47,7 @@ class PlayerApp:
         self.video_suffix = video_suffix or default_video_suffix()
         self.out_dir, self.title = Path(out_dir), title
         self.show_hud, self.show_help, self.running = True, False, True
-        self.scripted = False  # headless: actions come from a script, not the keys
+        self.scripted: str | None = None  # headless: where the actions come from (the HUD shows it)
         self.messages: list[tuple[str, float]] = []
         pygame.display.init()
         pygame.font.init()
@@ -61,8 +61,6 @@ class PlayerApp:
         pygame.display.set_caption(caption + ("  (neural | real)" if core.real is not None else ""))
         self.font = pygame.font.Font(None, max(14, round(3.4 * self.zoom)))
         self.clock = pygame.time.Clock()
-        if not keys.bindings:
-            log.warning("no keys for this world's %s actions: it plays its neutral action", keys.spec.kind)
         for name in keys.shadowed_controls:
             log.warning("the world's key map uses %r: that player control is not available", name)
 
@@ -141,7 +139,7 @@ class PlayerApp:
                 draw_panel(self.screen, self.font, [text], (x, y), color=(255, 150, 120))
         if self.show_hud:
             target = self.fps if self.fps > 0 and not self.scripted else 0.0
-            held = ["scripted"] if self.scripted else self.keys.held_names()
+            held = [f"({self.scripted})"] if self.scripted else self.keys.held_names()
             lines = hud_lines(s, held=held, title=self.title, target_fps=target)
             if s.rtt_ms is not None:
                 lines[1] += f"  net {s.rtt_ms:4.0f} ms"
@@ -181,6 +179,8 @@ class PlayerApp:
 
     def run(self) -> None:
         """Interactive play until ESC or the window is closed (or Ctrl-C)."""
+        if not self.keys.bindings:
+            log.warning("no keys for this world's %s actions: it plays its idle action", self.keys.spec.kind)
         try:
             while self.tick():
                 pass
@@ -195,10 +195,12 @@ class PlayerApp:
         frames: int,
         record: Path | None = None,
         screenshot: Path | None = None,
+        source: str = "scripted",
     ) -> Path | None:
         """Play ``frames`` frames with ``next_action(core)`` (a new episode when one ends), as fast
-        as the model goes; write the video and/or a final screenshot (HUD included)."""
-        self.scripted = True
+        as the model goes; write the video and/or a final screenshot (HUD included, the held keys
+        shown as ``(source)``: the policy or actions file the actions come from)."""
+        self.scripted = source
         if record is not None:
             self.core.start_recording(record, self.fps or self.core.backend.fps)
         for _ in range(frames):
