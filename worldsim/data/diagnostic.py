@@ -260,8 +260,15 @@ def diagnose(
     x_te, y_te = _inputs(test, p_te)
     out = _width(spec)
     scores = _fit_and_score(spec, _pixels(x_tr), y_tr, _pixels(x_te), y_te, cfg, _cnn(out))
-    diag = Diagnostic(frames=sum(len(e) + 1 for e in eps), samples=len(p_tr) + len(p_te), **scores)
-    diag.pixel_predictability = diag.predictability
+    diag = Diagnostic(
+        frames=sum(len(e) + 1 for e in eps),
+        samples=len(p_tr) + len(p_te),
+        predictability=scores["predictability"],
+        accuracy=scores.get("accuracy"),
+        baseline=scores.get("baseline"),
+        r2=scores.get("r2"),
+        pixel_predictability=scores["predictability"],
+    )
     reader = getattr(world, "state_reader", None)
     if reader is not None:
         s_tr, s_te = _state_inputs(reader, x_tr), _state_inputs(reader, x_te)

@@ -85,7 +85,7 @@ def train_codec(
     codec = world.codec
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps))
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / max(cfg.steps, 1)))
     )
     sampler = FrameSampler(train_eps, cfg.seed + d.rank)
     ck = Checkpointer(run_dir / "state.pt", {"codec": codec}, {"opt": opt, "sched": sched}, {"data": sampler.rng})
