@@ -18,9 +18,11 @@ import logging
 import sys
 import traceback
 
+from worldsim import threads
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "worlds": ("worldsim.worlds", "list the bundled worlds and where their checkpoints are"),
-    "record": ("worldsim.data.record", "record episodes of a real Gymnasium game"),
+    "record": ("worldsim.data.record_cli", "record episodes of a real Gymnasium game"),
     "data-check": ("worldsim.data.diagnostic", "can a world learn the actions from this recording? (predictability)"),
     "train": ("worldsim.train.cli", "train a world: codec, teacher, student, self-forcing"),
     "eval": ("worldsim.eval.cli", "compare world checkpoints against the real game"),
@@ -121,12 +123,15 @@ def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"worldsim {name}", description=help_)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module.add_arguments(parser)
+    if name in threads.COMMANDS:
+        threads.add_argument(parser)
     args = parser.parse_args(argv[1:])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    threads.set_threads(getattr(args, "threads", None))
     return int(module.main(args) or 0)
 
 

@@ -5,7 +5,8 @@
 - ``scripted``: a per-game controller that reads the game's internals (CartPole: a PD
   controller on the pole with kicks, so data has balanced play, recoveries and failures;
   Boxing: closes in on the opponent and punches from above or below);
-- ``human``: the keyboard in a pygame window, through the world's key map.
+- ``human``: the keyboard in a pygame window, through the world's key map (any game: the
+  default key map of its action space, or ``--keys``).
 
 A policy is made per episode by :func:`make_policy` and called once per recorded frame as
 ``policy(env, frame) -> action`` (``frame`` is the last recorded 64x64 frame). All randomness
@@ -149,7 +150,7 @@ def make_policy(
     if name == "scripted":
         return _scripted(env, rng)
     if name == "human":
-        return (keyboard or Keyboard(world, space)).policy
+        return (keyboard or Keyboard(world, space, fps=env.metadata.get("render_fps") or 15)).policy
     raise PolicyError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
 
 
@@ -261,35 +262,47 @@ SCRIPTED: dict[str, Callable[[np.random.Generator], Policy]] = {
 
 # ---------------------------------------------------------------------------- human
 class Keyboard:
-    """A pygame window showing the recorded frames; the world's key map turns held keys into actions.
+    """A pygame window showing the recorded frames; held keys become actions (:mod:`worldsim.keys`).
 
-    Keys follow ``worldsim play`` (the last pressed key still held wins; with none held the
-    world's ``default_action``). Escape or closing the window raises :class:`StopRecording`.
+    Keys follow ``worldsim play``: ``keys`` / ``idle`` / ``magnitude`` (the ``--keys``, ``--idle``,
+    ``--key-magnitude`` flags) over a bundled world's key map and ``default_action`` over
+    :func:`worldsim.keys.default_keymap` / :func:`~worldsim.keys.default_idle`, so any action
+    space can be recorded by hand (Box: left / right along the first axis, down / up the
+    second). Escape or closing the window raises :class:`StopRecording`.
     """
 
     zoom = 6
 
-    def __init__(self, world: Any, action_space: Any) -> None:
+    def __init__(
+        self,
+        world: Any,
+        action_space: Any,
+        keys: str | None = None,
+        idle: str | None = None,
+        magnitude: float | None = None,
+        fps: float = 15,
+    ) -> None:
         self.check(world)
         import pygame
 
-        from worldsim.keys import KeyTracker
+        from worldsim.keys import KeyTracker, controls_for
         from worldsim.spaces import ActionSpec
 
+        spec = ActionSpec.from_space(action_space)
+        ctl = controls_for(spec, None, world, keys, idle, magnitude)
+        self.keys = KeyTracker(ctl["keymap"], spec, ctl["idle"], ctl["magnitude"])
         pygame.init()
         self._pygame = pygame
-        self.world = world
+        self.fps = float(world.fps) if world is not None else float(fps)
         self.screen = pygame.display.set_mode((64 * self.zoom, 64 * self.zoom))
-        pygame.display.set_caption(f"worldsim record {world.name}: {', '.join(world.keymap)}; Esc stops")
+        name = getattr(world, "name", None) or "game"
+        pygame.display.set_caption(f"worldsim record {name}: {', '.join(ctl['keymap'])}; Esc stops")
         self.clock = pygame.time.Clock()
-        self.keys = KeyTracker(world.keymap, ActionSpec.from_space(action_space), world.default_action)
         log.info("recording by keyboard: %s", "; ".join(self.keys.describe()))
 
     @staticmethod
-    def check(world: Any) -> None:
-        """Raise :class:`PolicyError` if keyboard recording cannot work for ``world`` here."""
-        if world is None or not world.keymap:
-            raise PolicyError("the human policy needs a bundled world with a key map (e.g. `worldsim record cartpole`)")
+    def check(world: Any = None) -> None:
+        """Raise :class:`PolicyError` if keyboard recording cannot work here (no display)."""
         if not has_display():
             raise PolicyError("the human policy needs a display (DISPLAY is not set); use random, sticky or scripted")
 
@@ -302,7 +315,7 @@ class Keyboard:
         big = np.repeat(np.repeat(frame, self.zoom, 0), self.zoom, 1)
         self.screen.blit(pygame.surfarray.make_surface(big.swapaxes(0, 1)), (0, 0))
         pygame.display.flip()
-        self.clock.tick(self.world.fps)
+        self.clock.tick(self.fps)
         return self.keys.action()
 
     def close(self) -> None:

@@ -15,13 +15,11 @@ Python use::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,6 @@ from worldsim.data.policies import (
     SCRIPTED,
     Exploration,
     Keyboard,
-    PolicyError,
     StopRecording,
     explore,
     game_name,
@@ -78,8 +75,16 @@ class RecordConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     world: Any = None
     """The bundled world's ``WorldDef`` (None for a plain env id)."""
-    fps: int = 15
-    """Frames per second the recording is meant to be played at (stored in the manifest)."""
+    fps: int | None = None
+    """Frames per second the recording is meant to be played at (stored in the manifest; the
+    world trained on it plays at this rate). None: the game's ``metadata["render_fps"]`` divided
+    by the env steps one frame covers (:func:`game_fps`)."""
+    keys: str | None = None
+    """Human policy: ``--keys`` (see :func:`worldsim.keys.parse_keymap`); None: the default."""
+    idle: str | None = None
+    """Human policy: ``--idle``, the action with no key held; None: the default."""
+    key_magnitude: float | None = None
+    """Human policy on a Box game: how far a key pushes its axis (0, 1]; None: 1."""
 
 
 # ---------------------------------------------------------------------------- the env
@@ -91,6 +96,19 @@ def open_game(cfg: RecordConfig) -> RealGame:
         return RealGame(GameSpec(cfg.env_id, dict(cfg.env_kwargs), cfg.frameskip, cfg.crop, cfg.max_steps))
     except RealGameError as e:
         raise RecordError(str(e)) from e
+
+
+def game_fps(env: Any, frameskip: int) -> int:
+    """The real game's frames per second at ``frameskip`` env steps a frame: its
+    ``metadata["render_fps"]`` divided by the env steps a recorded frame covers (ALE's own
+    frameskip included); 15 for a game that declares none."""
+    render_fps = (getattr(env, "metadata", None) or {}).get("render_fps")
+    if not render_fps:
+        log.warning("%s declares no metadata['render_fps']: recording at 15 fps (--fps sets it)", env)
+        return 15
+    inner = getattr(env.unwrapped, "_frameskip", 1)
+    inner = inner if isinstance(inner, int) and inner > 0 else 1
+    return max(1, round(float(render_fps) / (frameskip * inner)))
 
 
 # ---------------------------------------------------------------------------- one episode
@@ -294,6 +312,8 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
             raise RecordError(f"no scripted policy for {cfg.env_id} (only {', '.join(SCRIPTED)}): use random or sticky")
         if "human" in names:
             Keyboard.check(cfg.world)
+        if cfg.fps is None:
+            cfg = replace(cfg, fps=game_fps(env, cfg.frameskip))
         spec = ActionSpec.from_space(env.action_space)
         manifest = _existing_manifest(out, cfg) or _new_manifest(cfg, spec)
         done = {i for s in manifest["shards"] for i in s["episode_ids"]}
@@ -301,7 +321,9 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
         if todo:  # a finished recording may live on read-only storage
             _prepare_output(out)
         policy_of = {i: episode_policy(cfg, i)[0] for i in todo}
-        keyboard = Keyboard(cfg.world, env.action_space) if "human" in policy_of.values() else None
+        keyboard = None
+        if "human" in policy_of.values():
+            keyboard = Keyboard(cfg.world, env.action_space, cfg.keys, cfg.idle, cfg.key_magnitude, float(cfg.fps))
     except BaseException:
         game.close()
         raise
@@ -339,117 +361,11 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
     return manifest
 
 
-# ---------------------------------------------------------------------------- CLI
-def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
-    """A bundled world's recipe (flags override it) or, for any other name, a Gymnasium env id."""
-    from worldsim.worlds import get_world, list_worlds
+# ---------------------------------------------------------------------------- CLI (worldsim.data.record_cli)
+def __getattr__(name: str) -> Any:
+    """``config_for``, ``add_arguments`` and ``main`` live in :mod:`worldsim.data.record_cli`."""
+    if name in ("config_for", "add_arguments", "main"):
+        from worldsim.data import record_cli
 
-    if target in list_worlds():
-        w = get_world(target)
-        r = w.record
-        return RecordConfig(
-            env_id=w.env_id,
-            out=Path(args.out) if args.out else Path("data") / w.name,
-            episodes=args.episodes or r.episodes,
-            policies=((args.policy, 1.0),) if args.policy else r.policies,
-            explore=_exploration(args, r.explore),
-            seed=r.seed if args.seed is None else args.seed,
-            max_steps=args.max_steps or r.max_episode_steps,
-            frameskip=args.frameskip or w.frameskip,
-            crop=w.crop,
-            env_kwargs=dict(w.env_kwargs),
-            world=w,
-            fps=w.fps,
-        )
-    if args.out is None:
-        raise RecordError(f"{target!r} is not a bundled world ({', '.join(list_worlds())}): give --out for an env id")
-    return RecordConfig(
-        env_id=target,
-        out=Path(args.out),
-        episodes=args.episodes or 100,
-        policies=((args.policy or "random", 1.0),),
-        explore=_exploration(args, Exploration()),
-        seed=args.seed or 0,
-        max_steps=args.max_steps or 500,
-        frameskip=args.frameskip or 1,
-    )
-
-
-def _check(cfg: RecordConfig) -> None:
-    """The data diagnostic on the finished recording (stored in its manifest), its summary logged."""
-    from worldsim.data.diagnostic import check_folder
-
-    log.info("data diagnostic (action predictability, state coverage); --no-check skips it")
-    diag = check_folder(Path(cfg.out), cfg.world)
-    for line in diag.summary().splitlines():
-        (log.warning if line.startswith("WARNING") else log.info)("%s", line)
-
-
-def _exploration(args: argparse.Namespace, default: Exploration) -> Exploration:
-    """The recipe's exploration with the --explore / --explore-hold / --branch flags applied."""
-    eps = getattr(args, "explore", None)
-    fields: dict[str, Any] = {}
-    if eps is not None:
-        lo, _, hi = str(eps).partition(",")
-        try:
-            fields["epsilon_range"] = (float(lo), float(hi or lo))
-        except ValueError:
-            raise RecordError(f"--explore takes EPS or LOW,HIGH (shares of frames in [0, 1]), got {eps!r}") from None
-    if getattr(args, "explore_hold", None) is not None:
-        fields["hold"] = args.explore_hold
-    if getattr(args, "branch", None) is not None:
-        fields["branch"] = args.branch
-    if not fields:
-        return default
-    try:
-        return Exploration(**{**default.__dict__, **fields})
-    except PolicyError as e:
-        raise RecordError(str(e)) from e
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="a bundled world (cartpole, boxing) or any Gymnasium env id (e.g. ALE/Pong-v5)")
-    parser.add_argument("--out", type=Path, default=None, help="data set folder (default data/<world>)")
-    parser.add_argument("--episodes", type=_positive, default=None, help="episodes in total (a rerun resumes)")
-    parser.add_argument("--policy", choices=POLICIES, default=None, help="one policy for all episodes")
-    parser.add_argument("--seed", type=int, default=None, help="episode i is reset with seed + i")
-    parser.add_argument("--max-steps", type=_positive, default=None, help="truncate episodes after this many frames")
-    parser.add_argument("--frameskip", type=_positive, default=None, help="env steps per recorded frame")
-    parser.add_argument(
-        "--explore",
-        default=None,
-        metavar="EPS|LOW,HIGH",
-        help="per-episode share of frames where a random action replaces the policy's, drawn from [LOW, HIGH] "
-        "(1 = fully random play; default: the world's recipe, else 0)",
-    )
-    parser.add_argument("--explore-hold", type=float, default=None, help="mean frames a random action is held")
-    parser.add_argument(
-        "--branch", type=float, default=None, help="share of episodes that switch to random play part-way through"
-    )
-    parser.add_argument("--no-check", action="store_true", help="skip the data diagnostic after recording")
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_for(args.target, args)
-    except RecordError as e:
-        print(f"worldsim record: {e}", file=sys.stderr)
-        return 2
-    try:
-        record(cfg)
-        if not getattr(args, "no_check", False):
-            _check(cfg)
-    except (RecordError, PolicyError) as e:
-        print(f"worldsim record: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"worldsim record: interrupted; finished episodes are in {cfg.out}, rerun to continue", file=sys.stderr)
-        return 130
-    return 0
+        return getattr(record_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,17 +42,24 @@ def make_vector(world: str, num_envs: int = 1, **kwargs: Any) -> Any:
     return WorldVectorEnv(world, num_envs=num_envs, **kwargs)
 
 
-def register_world(env_id: str, world: str | Path, max_episode_steps: int | None = None, **kwargs: Any) -> None:
-    """Register ``env_id`` for a bundled world's name or a checkpoint path (not opened until made).
+def register_world(
+    env_id: str | Path, world: str | Path | None = None, max_episode_steps: int | None = None, **kwargs: Any
+) -> str:
+    """Register ``env_id`` for a bundled world's name or a checkpoint path (not opened until made); returns the id.
 
         register_world("worldsim/MyGame-v0", "runs/mygame/world.safetensors")
-        env = gym.make("worldsim/MyGame-v0")
+        env_id = register_world("runs/pendulum/self-forcing/world.safetensors")   # "worldsim/pendulum-v0"
+        env = gym.make(env_id)
 
-    ``max_episode_steps``: None is the default limit (a bundled world's, else 1000:
-    :func:`worldsim.episodes.default_max_episode_steps`), 0 none. ``kwargs`` become default
-    constructor arguments (``channels_first``, ``device``, ...). Registering an id again with
-    different arguments replaces it.
+    With one argument it is the world, and the id is ``worldsim/<name>-v0`` with the name the
+    world was trained as (:func:`world_env_id`). ``max_episode_steps``: None is the default limit
+    (a bundled world's, else 1000: :func:`worldsim.episodes.default_max_episode_steps`), 0 none.
+    ``kwargs`` become default constructor arguments (``channels_first``, ``device``, ...).
+    Registering an id again with different arguments replaces it.
     """
+    if world is None:
+        world, env_id = env_id, world_env_id(env_id)
+    env_id = str(env_id)
     import gymnasium as gym
 
     from worldsim.episodes import resolve_max_episode_steps
@@ -63,7 +70,7 @@ def register_world(env_id: str, world: str | Path, max_episode_steps: int | None
     old = gym.registry.get(env_id)
     if old is not None:
         if old.kwargs == env_kwargs and old.max_episode_steps == max_episode_steps:
-            return
+            return env_id
         del gym.registry[env_id]  # re-registration (e.g. a world pointed at a new checkpoint)
     gym.register(
         id=env_id,
@@ -72,6 +79,26 @@ def register_world(env_id: str, world: str | Path, max_episode_steps: int | None
         kwargs=env_kwargs,
         max_episode_steps=max_episode_steps,
     )
+    return env_id
+
+
+def world_env_id(world: str | Path) -> str:
+    """``worldsim/<name>-v0`` for a checkpoint (the name it was trained as, read from its header)
+    or a bundled world's name."""
+    from worldsim.worlds import list_worlds
+
+    try:
+        bundled = list_worlds()
+    except FileNotFoundError:  # no envs/ folder (an odd install): only checkpoints
+        bundled = []
+    if str(world) in bundled and not str(world).endswith(".safetensors"):
+        return f"worldsim/{world}-v0"
+    import json
+
+    from worldsim.checkpoint import read_header
+
+    name = json.loads(read_header(world)["__metadata__"]["config"]).get("name") or Path(world).stem
+    return f"worldsim/{name}-v0"
 
 
 def register_envs() -> None:

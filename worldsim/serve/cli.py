@@ -2,6 +2,7 @@
 
     worldsim serve                          # every bundled world that has a checkpoint
     worldsim serve cartpole my.safetensors --port 50051 --token SECRET --tls-cert c.pem --tls-key k.pem
+    worldsim serve runs/pendulum/self-forcing/world.safetensors car=runs/mountaincar/self-forcing/world.safetensors
 
 Prints one JSON line ``{"port": ..., "host": ..., "worlds": [...]}`` once it listens (for scripts
 that start it with ``--port 0``). A bad checkpoint, a bad flag value or a port in use ends it with
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def load_worlds(names: list[str], device: Any = None, verify: bool = True) -> dict[str, WorldModel]:
-    """Bundled world names or checkpoint paths -> {served name: world}; none: every trained bundled world."""
+    """Bundled world names, checkpoint paths or ``NAME=PATH`` -> {served name: world}; none: every
+    trained bundled world. A checkpoint is served under the name it was trained as
+    (``WorldConfig.name``; the file's stem for a world named the default ``world``)."""
     from worldsim.worlds import get_world, list_worlds, world_path
 
     bundled = list_worlds()
@@ -34,22 +37,36 @@ def load_worlds(names: list[str], device: Any = None, verify: bool = True) -> di
         if not names:
             raise SystemExit("worldsim serve: no bundled world has a checkpoint yet; name a checkpoint file")
     out: dict[str, WorldModel] = {}
+    paths: dict[str, Path] = {}
     for n in names:
+        alias, sep, target = n.partition("=")
+        if not sep:
+            alias, target = "", n
         try:
-            path = world_path(n)
+            path = world_path(target)
         except (KeyError, FileNotFoundError) as e:
             raise SystemExit(f"worldsim serve: {e.args[0] if e.args else e}") from None
-        key = n if n in bundled else Path(n).stem
+        world = WorldModel.load(path, device=device, verify=verify)
+        trained = str(world.config.name)
+        key = alias or (target if target in bundled else trained if trained != "world" else Path(target).stem)
         if key in out:
-            raise SystemExit(f"worldsim serve: two worlds would be served as {key!r}; rename one of the files")
-        out[key] = WorldModel.load(path, device=device, verify=verify)
+            raise SystemExit(
+                f"worldsim serve: two worlds would be served as {key!r} ({paths[key]} and {path}); "
+                f"serve one under another name with NAME=PATH, e.g. `worldsim serve {key}2={target}`"
+            )
+        out[key], paths[key] = world, path
         log.info("loaded %s from %s", key, path)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeConfig()
-    parser.add_argument("worlds", nargs="*", help="bundled world names or checkpoint paths (default: all trained)")
+    parser.add_argument(
+        "worlds",
+        nargs="*",
+        help="bundled world names, checkpoint paths (served under the name they were trained as) or NAME=PATH "
+        "(default: all trained bundled worlds)",
+    )
     parser.add_argument("--host", default=d.host, help="address to bind (0.0.0.0 for remote clients)")
     parser.add_argument("--port", type=int, default=d.port, help="port (0: any free one; printed at start)")
     parser.add_argument(

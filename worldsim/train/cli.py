@@ -10,6 +10,19 @@ Stages chain through their run folders (``--runs``, default ``runs/``)::
 ``--stage heads`` re-fits the reward/termination heads of a finished Self Forcing run in place
 (frozen backbone; see ``worldsim.train.heads``); Self Forcing runs it at its end anyway.
 
+Budgets: ``--steps N`` sets the step count of the stage it runs; with ``--stage all`` of every
+stage (``--set codec.steps=N`` etc. set one stage's). ``--stage all`` skips a stage whose
+``world.safetensors`` exists; ``--force`` retrains every stage from scratch (its run folder is
+replaced), ``--runs OTHER`` keeps the old runs beside the new ones.
+
+Naming: the world's name (stored in the checkpoint; ``worldsim serve``, the client, the player and
+``worldsim.gym.register_checkpoint`` use it) is the ``world`` argument; without one it is the
+recorded game's id, lower-cased, without namespace and version (:func:`name_from_env_id`:
+``Pendulum-v1`` -> ``pendulum``, ``ALE/Pong-v5`` -> ``pong``). Frame rate, frameskip and the
+keyboard controls (``--keys``/``--idle``/``--key-magnitude``, else a bundled world's, else
+:func:`worldsim.keys.default_keymap`) are stored in the world too; fps and frameskip come from
+the recording's manifest for a non-bundled world.
+
 Config: defaults live in each stage's dataclass; a bundled world's ``WorldDef.train`` overrides
 them; ``--set section.field=value`` overrides both (sections: model.codec, model.denoiser,
 model.cache, model.sampler, codec, teacher, student, self_forcing, heads). Multi-process:
@@ -23,6 +36,7 @@ import ast
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -109,12 +123,19 @@ def world_config(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("world", help="bundled world name (its recipe) or any name with --data")
+    parser.add_argument(
+        "world",
+        nargs="?",
+        default=None,
+        help="bundled world name (its recipe) or any name with --data: the world's name "
+        "(default with --data: the game's id, Pendulum-v1 -> pendulum)",
+    )
     parser.add_argument(
         "--stage",
         choices=(*STAGES, "heads", "all"),
         required=True,
-        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones); "
+        help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones "
+        "unless --force); "
         "`heads` re-fits a finished self-forcing run's reward/termination heads",
     )
     parser.add_argument(
@@ -131,7 +152,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="self",
         help="self-forcing stage: context = own rollout (self), ground truth (teacher), noisy ground truth (diffusion)",
     )
-    parser.add_argument("--steps", type=int, help="override the stage's step count")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="the stage's step count; with --stage all every stage's (one stage's: --set codec.steps=N, "
+        "--set teacher.steps=N, --set student.steps=N, --set self_forcing.steps=N)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --stage all: retrain finished stages too (their run folders are replaced)",
+    )
     parser.add_argument(
         "--init",
         type=Path,
@@ -147,10 +178,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last state")
     parser.add_argument("--export", action="store_true", help="copy the result to envs/<world>/<world>.safetensors")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--keys", default=None, metavar="MAP", help="key map stored in the world (see worldsim play)")
+    parser.add_argument("--idle", default=None, metavar="ACTION", help="idle action stored in the world")
+    parser.add_argument("--key-magnitude", type=float, default=None, metavar="M", help="Box key magnitude stored")
+
+
+def name_from_env_id(env_id: str) -> str:
+    """A world's default name: ``Pendulum-v1`` -> ``pendulum``, ``ALE/Pong-v5`` -> ``pong``,
+    ``MountainCarContinuous-v0`` -> ``mountaincarcontinuous`` (namespace and version dropped,
+    lower case, only letters, digits, ``_`` and ``-`` kept)."""
+    base = re.sub(r"-v\d+$", "", env_id.split("/")[-1])
+    return re.sub(r"[^a-z0-9_-]", "", base.lower()) or "world"
+
+
+def _resolve_name(args: argparse.Namespace) -> None:
+    """``args.world`` from the recording's game id when it is not given."""
+    if args.world:
+        return
+    if args.data is None or not (args.data / "manifest.json").exists():
+        raise SystemExit("name the world (`worldsim train NAME --data DIR ...`) or give --data DIR with a recording")
+    args.world = name_from_env_id(json.loads((args.data / "manifest.json").read_text())["env_id"])
+    log.info("world name %r (from the recorded game's id; name it with `worldsim train NAME`)", args.world)
 
 
 def main(args: argparse.Namespace) -> int:
+    _resolve_name(args)
     if args.stage == "all":
         return _run_all(args)
     return _run_stage(args)
@@ -162,16 +214,22 @@ def _run_all(args: argparse.Namespace) -> int:
     plan = [(st, "self") for st in STAGES[:-1]] + [("self-forcing", m) for m in modes]
     for stage, mode in plan:
         name = stage if stage != "self-forcing" or mode == "self" else f"self-forcing-{mode}"
-        if (args.runs / args.world / name / "world.safetensors").exists():
-            log.info("skipping %s: %s exists", name, args.runs / args.world / name / "world.safetensors")
+        done = args.runs / args.world / name / "world.safetensors"
+        if done.exists() and not getattr(args, "force", False):
+            log.info(
+                "skipping %s: %s exists (--force retrains every stage, --runs OTHER_DIR trains beside it)", name, done
+            )
             continue
+        if getattr(args, "force", False) and (args.runs / args.world / name).exists():
+            log.info("--force: replacing %s", args.runs / args.world / name)
+            shutil.rmtree(args.runs / args.world / name)
         sub = argparse.Namespace(
             **{
                 **vars(args),
                 "stage": stage,
                 "mode": mode,
                 "run_name": None,
-                "steps": None,
+                "steps": args.steps,
                 "resume": True,
                 "export": args.export and stage == "self-forcing" and mode == "self",
             }
@@ -180,27 +238,51 @@ def _run_all(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_stage(args: argparse.Namespace) -> int:
-    d = init_distributed()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else default_device()
-    if d.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", d.rank % torch.cuda.device_count())
-    sets = _parse_sets(args.set)
-    recipe: dict[str, Any] = {}
-    fps, world_def = 15, None
-    try:
-        from worldsim.worlds import get_world
+def _game(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, dict[str, int]]:
+    """(bundled WorldDef or None, its training recipe, the data folder, {"fps", "frameskip"}).
 
+    A bundled world's fps and frameskip come from its definition, any other's from the manifest
+    of its recording (``worldsim record`` stores the game's ``render_fps`` / frameskip there)."""
+    from worldsim.worlds import get_world
+
+    world_def, recipe = None, {}
+    try:
         world_def = get_world(args.world)
-        recipe, fps = dict(world_def.train), world_def.fps
+        recipe = dict(world_def.train)
     except KeyError:
         if args.data is None:
             raise SystemExit(f"unknown world {args.world!r}: pass --data for your own recording") from None
     data = args.data or Path("data") / args.world
     if not (data / "manifest.json").exists():
         raise SystemExit(f"no recorded data at {data}: run `worldsim record {args.world} --out {data}` first")
+    if world_def is not None:
+        return world_def, recipe, data, {"fps": int(world_def.fps), "frameskip": int(world_def.frameskip)}
+    manifest = json.loads((data / "manifest.json").read_text())
+    timing = {"fps": int(round(manifest.get("fps") or 15)), "frameskip": int(manifest.get("frameskip") or 1)}
+    return world_def, recipe, data, timing
+
+
+def _controls(args: argparse.Namespace, spec: Any, stored: dict[str, Any], world_def: Any) -> dict[str, Any]:
+    """The keyboard controls stored in the world (``--keys``/``--idle``/``--key-magnitude`` over the
+    stored ones over a bundled world's over the defaults), checked by building a tracker."""
+    from worldsim.keys import KeyTracker, controls_for
+
+    try:
+        flags = [getattr(args, k, None) for k in ("keys", "idle", "key_magnitude")]
+        ctl = controls_for(spec, stored, world_def, *flags)
+        KeyTracker(ctl["keymap"], spec, ctl["idle"], ctl["magnitude"])
+    except ValueError as e:
+        raise SystemExit(f"worldsim train: {e}") from None
+    return ctl
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    d = init_distributed()
+    device = torch.device(args.device) if args.device else default_device()
+    if d.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", d.rank % torch.cuda.device_count())
+    sets = _parse_sets(args.set)
+    world_def, recipe, data, timing = _game(args)
     stage_key = args.stage.replace("-", "_")
     stage_cfg = _build(
         STAGE_CONFIGS[stage_key],
@@ -219,7 +301,9 @@ def _run_stage(args: argparse.Namespace) -> int:
     provenance: dict[str, Any] = {}
 
     if args.stage == "codec":
-        wcfg = world_config(args.world, spec, fps, recipe, sets)
+        wcfg = world_config(args.world, spec, timing["fps"], recipe, sets)
+        wcfg.frameskip = timing["frameskip"]
+        wcfg.controls = _controls(args, spec, {}, world_def)
         init = None
         if getattr(args, "init", None) is not None:
             init = WorldModel.load(args.init, device=device, dtype=torch.float32)
@@ -234,6 +318,8 @@ def _run_stage(args: argparse.Namespace) -> int:
             raise SystemExit(f"{args.stage} needs {root / prev / 'world.safetensors'}: train that stage first")
         world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32)
         provenance = dict(world.provenance)
+        if any(getattr(args, k, None) is not None for k in ("keys", "idle", "key_magnitude")):
+            world.config.controls = _controls(args, spec, world.config.controls, world_def)
         if args.stage == "student":
             # The teacher checkpoint carries its many-step sampler; the student gets the few-step one.
             world.config.sampler = _build(SamplerConfig, recipe.get("model.sampler", {}), sets.get("model.sampler", {}))
