@@ -38,3 +38,38 @@ def test_bench_tiny_writes_json(tmp_path: Path) -> None:
     assert set(r["vector_env_steps_per_s"]) == {"1", "16", "64"}
     assert r["grpc"]["clients_16"]["grpc"]["frames_per_s"] > 0
     assert "attention" in r["profile_ms_per_step_b1"]
+
+
+def test_soak_memory_is_flat_and_a_leak_is_caught(tmp_path: Path) -> None:
+    """The `--long-frames` soak on a tiny world: flat RSS over 120 frames; a leaking step is flagged."""
+    import numpy as np
+
+    from worldsim.bench import memory_over_rollout
+    from worldsim.testing import tiny_world
+
+    out = tmp_path / "soak.json"
+    assert main(["bench", "--config", "tiny", "--soak-only", "--long-frames", "20", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["memory"]["frames"] == 20  # the CLI path
+
+    world = tiny_world()
+    mem = memory_over_rollout(world, 120, samples=6)
+    assert mem["frames"] == 120 and [s["frame"] for s in mem["samples"]] == list(range(20, 121, 20))
+    assert mem["flat"] is True and mem["all_finite"] == 1.0
+    assert all(s["ms_per_frame"] > 0 for s in mem["samples"])
+
+    make_session, kept = world.session, []
+
+    def leaky_session(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sess = make_session(*args, **kwargs)
+        step = sess.step
+
+        def leaky_step(*a, **k):  # type: ignore[no-untyped-def]
+            kept.append(np.ones(1 << 20, np.uint8))  # 1 MiB per frame, never freed
+            return step(*a, **k)
+
+        sess.step = leaky_step
+        return sess
+
+    world.session = leaky_session  # type: ignore[method-assign]
+    leak = memory_over_rollout(world, 48, samples=6)
+    assert leak["flat"] is False and leak["rss_growth_mb"] > 30

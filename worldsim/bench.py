@@ -171,20 +171,39 @@ def profile_step(world: WorldModel, steps: int = 20) -> dict[str, float]:
     return ms
 
 
-def memory_over_rollout(world: WorldModel, frames: int) -> dict[str, float]:
+def memory_over_rollout(world: WorldModel, frames: int, samples: int = 20) -> dict[str, Any]:
+    """The soak: one batch-1 rollout of ``frames`` frames, RSS and ms/frame sampled ``samples`` times.
+
+    The rolling KV cache makes memory per frame constant, so after a warm-up (the first sample,
+    at 1/``samples`` of the rollout: allocator pools, cache fill) resident memory must stay flat:
+    ``rss_growth_mb`` is the change from that sample to the end, ``flat`` says it is within
+    ``max(8 MB, 2%)`` (allocator noise), and ``ms_per_frame`` per segment shows time stays flat too.
+    """
     sess = world.session(batch=1, seed=0)
     sess.reset()
     rng = np.random.default_rng(0)
-    out: dict[str, float] = {"kv_cache_mb": sess.cache.nbytes / 2**20}
+    out: dict[str, Any] = {"kv_cache_mb": sess.cache.nbytes / 2**20}
+    every = max(1, frames // max(1, samples))
+    points: list[tuple[int, float, float]] = []  # (frame, RSS MB, ms per frame over the segment)
     finite = True
+    t = time.perf_counter()
     for i in range(1, frames + 1):
         res = sess.step(_actions(world, 1, rng))
+        finite &= bool(np.isfinite(res.rewards).all())
         if i == min(1000, frames):
             out["rss_mb_at_1000"] = rss_mb()
-        finite &= bool(np.isfinite(res.rewards).all())
+        if i % every == 0 or i == frames:
+            now = time.perf_counter()
+            points.append((i, rss_mb(), (now - t) * 1e3 / (i - (points[-1][0] if points else 0))))
+            t = now
     out["frames"] = frames
     out["rss_mb_at_end"] = rss_mb()
     out["all_finite"] = float(finite)
+    out["samples"] = [{"frame": f, "rss_mb": m, "ms_per_frame": ms} for f, m, ms in points]
+    base = points[0][1]
+    out["rss_growth_mb"] = out["rss_mb_at_end"] - base
+    out["rss_peak_growth_mb"] = max(m for _, m, _ in points) - base
+    out["flat"] = bool(out["rss_peak_growth_mb"] <= max(8.0, 0.02 * base))
     return out
 
 
@@ -194,7 +213,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=500, help="timed frames at batch 1")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--batch-sizes", default="1,16,64")
-    parser.add_argument("--long-frames", type=int, default=2000, help="rollout length for the memory check")
+    parser.add_argument(
+        "--long-frames", type=int, default=2000, help="soak: rollout length of the memory check (e.g. 100000)"
+    )
+    parser.add_argument("--soak-only", action="store_true", help="only the --long-frames memory soak")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     parser.add_argument("--threads", type=int, default=None)
@@ -211,7 +233,12 @@ def main(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device) if args.device else default_device()
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    for flag in ("frames", "long_frames"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     world = load(args.target, args.config, device, dtype)
+    if args.soak_only:
+        return _soak(args, world)
     n_params = sum(p.numel() for p in world.parameters())
     res: dict[str, Any] = {
         "world": args.target or f"random {args.config} config",
@@ -258,6 +285,28 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace, world: WorldModel) -> int:
+    mem = memory_over_rollout(world, args.long_frames)
+    print(_memory_line(mem))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"world": args.target or f"random {args.config} config", "memory": mem}, indent=2)
+        )
+        log.info("wrote %s", args.json)
+    return 0 if mem["flat"] else 1
+
+
+def _memory_line(mem: dict[str, Any]) -> str:
+    s = mem["samples"]
+    return (
+        f"memory: KV cache {mem['kv_cache_mb']:.1f} MB; RSS {mem.get('rss_mb_at_1000', float('nan')):.0f} MB at frame "
+        f"{min(1000, int(mem['frames']))}, {mem['rss_mb_at_end']:.0f} MB at frame {int(mem['frames'])}; "
+        f"growth after frame {s[0]['frame']}: {mem['rss_growth_mb']:+.1f} MB (peak {mem['rss_peak_growth_mb']:+.1f}, "
+        f"{'flat' if mem['flat'] else 'GROWING'}); ms/frame {s[0]['ms_per_frame']:.1f} first segment, "
+        f"{s[-1]['ms_per_frame']:.1f} last; finite: {bool(mem['all_finite'])}"
+    )
+
+
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(
@@ -272,12 +321,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"{r['achieved_gflops_best']:.1f} best = {r['pct_of_matmul_best']:.0f}% of a 1024^3 matmul "
         f"({r['matmul_gflops']:.0f} GFLOP/s)"
     )
-    mem = r["memory"]
-    print(
-        f"memory: KV cache {mem['kv_cache_mb']:.1f} MB; RSS {mem.get('rss_mb_at_1000', float('nan')):.0f} MB at frame "
-        f"{min(1000, int(mem['frames']))}, {mem['rss_mb_at_end']:.0f} MB at frame {int(mem['frames'])}; "
-        f"finite: {bool(mem['all_finite'])}"
-    )
+    print(_memory_line(r["memory"]))
     if "profile_ms_per_step_b1" in r:
         print("one batch-1 step (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step_b1"].items()))
     if "vector_env_steps_per_s" in r:
