@@ -192,9 +192,7 @@ def validate_action(spec: ActionSpec, action: Any) -> np.ndarray:
         shapes.add((1,))
     if a.shape not in shapes:
         what = "a scalar" if want == () else f"shape {want}"
-        raise ActionError(
-            f"expected one action ({what}) for {spec.describe()}, got {a.tolist()!r} of shape {a.shape}"
-        )
+        raise ActionError(f"expected one action ({what}) for {spec.describe()}, got {a.tolist()!r} of shape {a.shape}")
     return spec.check_values(a.reshape(1, *want), one=True)[0]
 
 
