@@ -119,6 +119,7 @@ def _run(argv: list[str]) -> int:
         print(f"worldsim: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
+    threads.single_threaded_numpy()
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"worldsim {name}", description=help_)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

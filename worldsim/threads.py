@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("record", "data-check", "train", "eval", "bench", "play", "serve")
 """The subcommands that run torch (record: its data diagnostic)."""
+
+
+def single_threaded_numpy() -> None:
+    """One OpenBLAS thread for numpy (``OPENBLAS_NUM_THREADS=1`` unless set), before numpy loads.
+
+    numpy's BLAS serves small products: the recorder's 64x64 area resize is two of them per frame.
+    Threaded, they cost 48 ms a CartPole frame when another process keeps a core busy (1.6 ms on
+    one thread), so recording ran at 30 frames/s instead of 280. Torch's threads are separate
+    (:func:`set_threads`). Without effect once numpy is imported (set the variable yourself then).
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:

@@ -67,7 +67,7 @@ class RecordConfig:
     seed: int = 0
     """Episode i is reset with seed + i."""
     max_steps: int = 500
-    """Recorded frames after which an episode is truncated."""
+    """Steps after which an episode is truncated (an episode has at most max_steps + 1 frames)."""
     frameskip: int = 1
     """Env steps per recorded frame (the action is repeated, rewards summed)."""
     crop: tuple[int, int, int, int] | None = None
