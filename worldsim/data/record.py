@@ -323,7 +323,9 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
         policy_of = {i: episode_policy(cfg, i)[0] for i in todo}
         keyboard = None
         if "human" in policy_of.values():
-            keyboard = Keyboard(cfg.world, env.action_space, cfg.keys, cfg.idle, cfg.key_magnitude, float(cfg.fps))
+            keyboard = Keyboard(
+                cfg.world, env.action_space, cfg.keys, cfg.idle, cfg.key_magnitude, float(cfg.fps or 15)
+            )
     except BaseException:
         game.close()
         raise
