@@ -113,3 +113,23 @@ def test_world_name_from_the_game_id_and_threads() -> None:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match=">= 1"):
         threads.set_threads(-1)
+
+
+def test_human_recording_of_a_box_game_without_a_bundled_world(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`worldsim record Pendulum-v1 --policy human`: the default keys push the torque; --key-magnitude halves it."""
+    from worldsim.data import load_episodes
+    from worldsim.data.record import RecordConfig, record
+
+    right = [pygame.event.Event(pygame.KEYDOWN, key=key_code("right"))]
+    up = [pygame.event.Event(pygame.KEYUP, key=key_code("right"))]
+    for magnitude, expected in ((None, [2.0, 2.0, 0.0]), (0.5, [1.0, 1.0, 0.0])):
+        script = iter([right, [], up])
+        monkeypatch.setattr(pygame.event, "get", lambda s=script: next(s, []))
+        out = tmp_path / f"pendulum-{magnitude}"
+        cfg = RecordConfig(
+            env_id="Pendulum-v1", out=out, episodes=1, max_steps=3, policies=(("human", 1.0),), key_magnitude=magnitude
+        )
+        manifest = record(cfg, progress=False)
+        assert manifest["fps"] == 30  # Pendulum's metadata["render_fps"]
+        (ep,) = load_episodes(out, split=None)
+        assert ep.actions.reshape(-1).tolist() == expected
