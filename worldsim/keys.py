@@ -143,7 +143,7 @@ def controls_for(
 
 
 def _jsonable(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray) else value
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
 
 def key_code(name: str) -> int:
