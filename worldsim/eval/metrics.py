@@ -26,23 +26,13 @@ import warnings
 
 import numpy as np
 
-PSNR_CAP = 100.0
-"""PSNR reported for identical frames (dB)."""
+from worldsim.fidelity import PSNR_CAP, psnr  # noqa: F401  (re-exported: eval metrics in one namespace)
+
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
 # ---------------------------------------------------------------------------- fidelity
-def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP) -> np.ndarray:
-    """(..., H, W, 3) uint8 pairs -> PSNR per frame in dB, shape (...); ``cap`` for identical frames."""
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(-3, -2, -1))
-    with np.errstate(divide="ignore"):
-        out = 10.0 * np.log10(255.0**2 / mse)
-    return np.minimum(out, cap)
-
-
 @functools.lru_cache(maxsize=8)
 def _gauss_matrix(n: int, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
     """(n - size + 1, n) matrix M with (M x)[i] = sum_k g[k] x[i + k]: a 'valid' 1-D Gaussian filter."""
