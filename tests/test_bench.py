@@ -42,7 +42,7 @@ def test_bench_tiny_writes_json(tmp_path: Path) -> None:
 
 def test_soak_memory_is_flat_and_a_leak_is_caught(tmp_path: Path) -> None:
     """The `--long-frames` soak on a tiny world: flat RSS over 120 frames; a leaking step is flagged."""
-    import numpy as np
+    import mmap
 
     from worldsim.bench import memory_over_rollout
     from worldsim.testing import tiny_world
@@ -64,7 +64,11 @@ def test_soak_memory_is_flat_and_a_leak_is_caught(tmp_path: Path) -> None:
         step = sess.step
 
         def leaky_step(*a, **k):  # type: ignore[no-untyped-def]
-            kept.append(np.ones(1 << 20, np.uint8))  # 1 MiB per frame, never freed
+            # 1 MiB per frame, never freed; fresh anonymous pages (a heap block could reuse memory that
+            # earlier tests in the same process freed, and RSS would not move)
+            block = mmap.mmap(-1, 1 << 20)
+            block.write(b"\x01" * (1 << 20))
+            kept.append(block)
             return step(*a, **k)
 
         sess.step = leaky_step
