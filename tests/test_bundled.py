@@ -99,9 +99,11 @@ def test_grpc_session_matches_in_process(world: Any) -> None:
         local = WorldEnv(world)
         obs_l, _ = local.reset(seed=5)
         assert obs_r.shape == obs_l.shape == (64, 64, 3)
-        for i in range(20):
+        for i in range(20):  # the world now ends episodes (the pole falls): reset after an end, as a client must
             r = remote.step(i % 2)
             assert r[0].shape == (64, 64, 3) and np.isfinite(r[1])
+            if r[2] or r[3]:
+                remote.reset()
         remote.close()
 
 
