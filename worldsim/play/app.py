@@ -139,7 +139,7 @@ class PlayerApp:
                 draw_panel(self.screen, self.font, [text], (x, y), color=(255, 150, 120))
         if self.show_hud:
             target = self.fps if self.fps > 0 and not self.scripted else 0.0
-            held = [f"({self.scripted})"] if self.scripted else self.keys.held_names()
+            held = [self.scripted] if self.scripted else self.keys.held_names()
             lines = hud_lines(s, held=held, title=self.title, target_fps=target)
             if s.rtt_ms is not None:
                 lines[1] += f"  net {s.rtt_ms:4.0f} ms"
