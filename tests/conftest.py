@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Sessions run eager in the suite (a compile per test process would cost minutes);
+# tests/test_compiled.py turns compilation on explicitly and checks it against eager.
+os.environ.setdefault("WORLDSIM_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

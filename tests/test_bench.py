@@ -25,13 +25,25 @@ def test_bench_tiny_writes_json(tmp_path: Path) -> None:
             "20",
             "--vector",
             "--grpc",
+            "--modes",
+            "eager,compiled",
+            "--variants",
+            "default,last-step-cache",
             "--json",
             str(out),
         ]
     )
     assert rc == 0
     r = json.loads(out.read_text())
-    assert [row["batch"] for row in r["latency"]] == [1, 4]
+    rows = [(row["mode"], row["variant"], row["batch"]) for row in r["latency"]]
+    assert rows == [
+        ("eager", "default", 1),
+        ("eager", "default", 4),
+        ("compiled", "default", 1),
+        ("compiled", "default", 4),
+        ("compiled", "last-step-cache", 1),
+        ("compiled", "last-step-cache", 4),
+    ]
     assert all(row["frames_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in r["latency"])
     assert r["flops_per_frame"] > 0 and r["matmul_gflops"] > 0
     assert r["memory"]["all_finite"] == 1.0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.bench_modes import MODES, VARIANTS, configured, first_frame, parse_list
 from worldsim.engine.world import WorldConfig, WorldModel
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ def _actions(world: WorldModel, batch: int, rng: np.random.Generator) -> np.ndar
     return spec.validate([space.sample() for _ in range(batch)])
 
 
-def latency(world: WorldModel, batch: int, frames: int, warmup: int) -> dict[str, float]:
+def latency(world: WorldModel, batch: int, frames: int, warmup: int) -> dict[str, Any]:
     sess = world.session(batch=batch, seed=0)
+    compile_s = sess.warmup()  # compiled worlds: compile for this batch before timing
     sess.reset()
     rng = np.random.default_rng(0)
     for _ in range(warmup):
@@ -102,6 +104,7 @@ def latency(world: WorldModel, batch: int, frames: int, warmup: int) -> dict[str
         "frames_per_s": frames * batch / wall,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
+        "compile_s": compile_s,
     }
 
 
@@ -223,6 +226,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--vector", action="store_true", help="also VectorEnv steps/s at N = 1, 16, 64")
     parser.add_argument("--grpc", action="store_true", help="also gRPC loopback vs in-process, 1 and 16 clients")
+    parser.add_argument(
+        "--modes", default="eager,compiled", help="comma-separated: eager, compiled (torch.compile), side by side"
+    )
+    parser.add_argument(
+        "--variants",
+        default="default",
+        help="sampler variants timed in the last mode: default, 3-step, last-step-cache (comma-separated)",
+    )
+    parser.add_argument(
+        "--first-frame", action="store_true", help="also seconds to the first frame in a fresh process, cold and warm"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
@@ -253,21 +267,35 @@ def main(args: argparse.Namespace) -> int:
         "matmul_gflops": matmul_gflops(device=device.type),
     }
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    modes = parse_list(args.modes, MODES, "--modes")
+    variants = parse_list(args.variants, list(VARIANTS), "--variants")
     res["latency"] = []
-    for b in batches:
-        frames = args.frames if b == 1 else max(10, args.frames // b * 2)
-        log.info("batch %d: %d steps", b, frames)
-        res["latency"].append(latency(world, b, frames, args.warmup if b == 1 else max(3, args.warmup // b)))
-    fl = flops_per_frame(world)
-    b1 = res["latency"][0]
+    for mode in modes:
+        for variant in variants if mode == modes[-1] else ["default"]:
+            with configured(world, mode, variant):
+                for b in batches:
+                    frames = args.frames if b == 1 else max(10, args.frames // b * 2)
+                    log.info("%s %s, batch %d: %d steps", mode, variant, b, frames)
+                    row = latency(world, b, frames, args.warmup if b == 1 else max(3, args.warmup // b))
+                    res["latency"].append({"mode": mode, "variant": variant, **row})
+    with configured(world, "eager"):
+        fl = flops_per_frame(world)  # the counter sees eager ops only; compiling changes no FLOPs
+    b1 = max((r for r in res["latency"] if r["batch"] == 1), key=lambda r: r["frames_per_s"], default=None)
     res["flops_per_frame"] = fl
-    res["achieved_gflops_b1"] = fl * b1["frames_per_s"] / 1e9 / b1["batch"]
-    best = max(res["latency"], key=lambda r: r["frames_per_s"])
+    res["achieved_gflops_b1"] = fl * b1["frames_per_s"] / 1e9 if b1 else float("nan")
+    best = max((r for r in res["latency"] if r["variant"] == "default"), key=lambda r: r["frames_per_s"])
     res["achieved_gflops_best"] = fl * best["frames_per_s"] / 1e9
     res["pct_of_matmul_best"] = 100 * res["achieved_gflops_best"] / res["matmul_gflops"]
-    res["memory"] = memory_over_rollout(world, args.long_frames)
-    if not args.no_profile:
-        res["profile_ms_per_step_b1"] = profile_step(world)
+    with configured(world, modes[-1]):
+        res["memory"] = memory_over_rollout(world, args.long_frames)
+        if not args.no_profile:
+            res["profile_ms_per_step_b1"] = profile_step(world)
+    if args.first_frame and args.target:
+        from worldsim.worlds import world_path
+
+        res["first_frame"] = {
+            m: first_frame(str(world_path(args.target)), torch.get_num_threads(), m == "compiled") for m in modes
+        }
     if args.vector:
         from worldsim.gym.vector import vector_env_steps_per_second
 
@@ -313,9 +341,12 @@ def print_table(r: dict[str, Any]) -> None:
         f"\nworldsim bench: {r['world']} ({r['params_m']:.2f} M params) on {m['device']} {m['dtype']}, "
         f"{m['threads']} threads, torch {m['torch']}"
     )
-    print(f"{'batch':>6} {'frames/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'mode':>9} {'variant':>16} {'batch':>6} {'frames/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'compile s':>10}")
     for row in r["latency"]:
-        print(f"{row['batch']:>6} {row['frames_per_s']:>10.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}")
+        print(
+            f"{row.get('mode', 'eager'):>9} {row.get('variant', 'default'):>16} {row['batch']:>6} "
+            f"{row['frames_per_s']:>10.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row.get('compile_s', 0):>10.1f}"
+        )
     print(
         f"FLOPs/frame {r['flops_per_frame'] / 1e6:.0f} M; achieved {r['achieved_gflops_b1']:.1f} GFLOP/s at batch 1, "
         f"{r['achieved_gflops_best']:.1f} best = {r['pct_of_matmul_best']:.0f}% of a 1024^3 matmul "
@@ -324,6 +355,11 @@ def print_table(r: dict[str, Any]) -> None:
     print(_memory_line(r["memory"]))
     if "profile_ms_per_step_b1" in r:
         print("one batch-1 step (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step_b1"].items()))
+    for mode, ff in r.get("first_frame", {}).items():
+        print(
+            f"first frame ({mode}, fresh process, load -> frame): cold {ff['cold']['load_to_first_frame_s']:.1f} s, "
+            f"warm {ff['warm']['load_to_first_frame_s']:.1f} s (import torch {ff['warm']['import_s']:.1f} s)"
+        )
     if "vector_env_steps_per_s" in r:
         print("VectorEnv steps/s: " + ", ".join(f"N={n}: {v:.0f}" for n, v in r["vector_env_steps_per_s"].items()))
     if "grpc" in r:

@@ -60,6 +60,17 @@ class CacheConfig:
             raise ValueError(f"cache needs window >= 1 and sink >= 0, got window={self.window} sink={self.sink}")
 
 
+@dataclass
+class FrameKV:
+    """A pass's view of the cache for one new frame per row (see :meth:`KVCache.frame_kv`)."""
+
+    q_cos: torch.Tensor  # (B, 1, N, hd) rotary tables of the new frame's tokens
+    q_sin: torch.Tensor
+    mask: torch.Tensor | None  # (B, 1, 1, L + N) bool or None
+    k: torch.Tensor  # (depth, B, H, L, hd) cached keys, rotated
+    v: torch.Tensor  # (depth, B, H, L, hd) cached values
+
+
 class KVCache:
     """Preallocated per-layer K/V ring buffers with a batch dimension. Sized from the configs.
 
@@ -99,6 +110,7 @@ class KVCache:
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
         self._write_slot: torch.Tensor | None = None
+        self._rotated_all: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -148,7 +160,7 @@ class KVCache:
 
     def _invalidate(self) -> None:
         self._rotated.clear()
-        self._cos = self._sin = self._write_slot = None
+        self._cos = self._sin = self._write_slot = self._rotated_all = None
 
     # ------------------------------------------------------------------ per-pass context
     def context(self, write: bool = False, mask: MaskPolicy = "auto") -> AttnContext:
@@ -179,6 +191,31 @@ class KVCache:
         if write:
             self._write_slot = torch.where(c < cfg.sink, c, cfg.sink + (c - cfg.sink) % cfg.window)
         return AttnContext(q_cos=q_cos, q_sin=q_sin, mask=attn_mask, cache=self, write=write)
+
+    def frame_kv(self, mask: MaskPolicy = "auto") -> FrameKV:
+        """Everything a pass of the next frame reads, as tensors (no cache object inside).
+
+        The keys of every layer are rotated once here (memoised until the cache changes), so the
+        frame's denoising passes and its clean pass (``CausalDenoiser.forward_kv``) share them.
+        """
+        ctx = self.context(write=False, mask=mask)
+        B, H, hd, D = self.batch, self.model_cfg.heads, self.model_cfg.head_dim, self.model_cfg.depth
+        v = self.v.view(D, B, H, -1, hd)
+        if self._rotated_all is None:
+            assert self._cos is not None and self._sin is not None
+            self._rotated_all = apply_rope(self.k.view(D, B, H, -1, hd), self._cos, self._sin)
+        return FrameKV(ctx.q_cos, ctx.q_sin, ctx.mask, self._rotated_all, v)
+
+    def write_frame(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one new frame's un-rotated K/V of every layer (depth, B, H, N, hd) and advance."""
+        c, cfg = self.count, self.cfg
+        slot = torch.where(c < cfg.sink, c, cfg.sink + (c - cfg.sink) % cfg.window)  # (B,)
+        rows = torch.arange(self.batch, device=c.device)
+        # (B, S, depth, H, N, hd) views of the buffers: rows and slots side by side in front.
+        self.k.permute(1, 3, 0, 2, 4, 5)[rows, slot] = k.transpose(0, 1).to(self.k.dtype)
+        self.v.permute(1, 3, 0, 2, 4, 5)[rows, slot] = v.transpose(0, 1).to(self.v.dtype)
+        self._write_slot = slot
+        self.advance()
 
     # ------------------------------------------------------------------ used by the layers
     def attention_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,13 +18,16 @@ is :func:`cache_rows` of it. Nothing outside the engine sees the doubled rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from worldsim.engine.cache import KVCache, MaskPolicy
-from worldsim.model.denoiser import CausalDenoiser, HeadOutputs
+from worldsim.engine.cache import FrameKV, KVCache, MaskPolicy
+from worldsim.model.denoiser import CausalDenoiser, DenoiserOutput, HeadOutputs
+
+ForwardKV = Callable[..., tuple[DenoiserOutput, torch.Tensor, torch.Tensor]]
+"""``CausalDenoiser.forward_kv`` or its compiled form."""
 
 
 @dataclass
@@ -36,6 +39,21 @@ class SamplerConfig:
     guidance_scale: float = 1.0
     """Classifier-free guidance on the action (1.0 = off; the distilled student needs none).
     Checkpoints written before the rename store it as ``cfg_scale`` (see :data:`RENAMED_FIELDS`)."""
+    cache_pass: str = "clean"
+    """Which pass writes the frame into the KV cache and gives the heads: ``clean`` (a separate pass
+    of the finished frame at t = 0, what Self Forcing trains: steps + 1 passes a frame) or
+    ``last_step`` (the last denoising pass, at its noise level: one pass fewer; see the card's
+    measurements before choosing it)."""
+
+    def __post_init__(self) -> None:
+        if self.cache_pass not in CACHE_PASSES:
+            raise ValueError(f"sampler.cache_pass must be one of {CACHE_PASSES}, got {self.cache_pass!r}")
+        if not self.timesteps:
+            raise ValueError("sampler.timesteps must list at least one noise level")
+
+    @property
+    def passes_per_frame(self) -> int:
+        return len(self.timesteps) + (self.cache_pass == "clean")
 
     @property
     def guided(self) -> bool:
@@ -45,6 +63,8 @@ class SamplerConfig:
         s = self.shift
         return [s * t / (1 + (s - 1) * t) for t in self.timesteps]
 
+
+CACHE_PASSES = ("clean", "last_step")
 
 RENAMED_FIELDS = {"cfg_scale": "guidance_scale"}
 """Old name -> new name of :class:`SamplerConfig` fields, for checkpoints that store the old one."""
@@ -63,6 +83,39 @@ def _with_null_rows(
     return x.repeat_interleave(2, dim=0), action.repeat_interleave(2, dim=0), null
 
 
+FramePasses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool], DenoiserOutput]
+"""One denoiser pass of one new frame per row: (x (B, 1, C, h, w), t (B, 1), action, has_action,
+write) -> the output; ``write`` stores the pass's K/V in the cache and moves it on."""
+
+
+def cache_passes(model: CausalDenoiser, cache: KVCache, mask: MaskPolicy = "auto") -> FramePasses:
+    """Passes through the model's cache protocol (the layers read and write ``cache``; gradients flow)."""
+
+    def run(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool) -> DenoiserOutput:
+        return model(x, t, a, h, cache.context(write=write, mask=mask))
+
+    return run
+
+
+def kv_passes(forward_kv: ForwardKV, cache: KVCache, mask: MaskPolicy = "auto") -> FramePasses:
+    """Passes on explicit tensors: ``forward_kv`` is ``CausalDenoiser.forward_kv`` or its compiled
+    form. The cache's rotated keys are read once per frame (:meth:`KVCache.frame_kv`); the write
+    pass stores its K/V with :meth:`KVCache.write_frame`. Inference only."""
+    kv: list[FrameKV] = []
+
+    def run(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool) -> DenoiserOutput:
+        if not kv:
+            kv.append(cache.frame_kv(mask))
+        f = kv[0]
+        out, k_new, v_new = forward_kv(x, t, a, h, f.q_cos, f.q_sin, f.mask, f.k, f.v)
+        if write:
+            cache.write_frame(k_new, v_new)
+            kv.clear()
+        return out
+
+    return run
+
+
 def denoise_frame(
     model: CausalDenoiser,
     cache: KVCache,
@@ -74,37 +127,64 @@ def denoise_frame(
     exit_step: int | None = None,
     mask: MaskPolicy = "auto",
 ) -> torch.Tensor:
-    """Generate one frame per row; returns x0 (B, 1, C, h, w).
+    """:func:`denoise` through the cache protocol (training: ``exit_step`` keeps one step's gradient)."""
+    passes = cache_passes(model, cache, mask)
+    return denoise(passes, action, has_action, noise, schedule, guidance_scale, exit_step).x0
+
+
+@dataclass
+class DenoiseOutput:
+    x0: torch.Tensor  # (B, 1, C, h, w) the generated frame
+    heads: HeadOutputs | None  # (B, 1) each, from the last pass when it wrote the cache (``write_last``)
+
+
+def denoise(
+    passes: FramePasses,
+    action: torch.Tensor,
+    has_action: torch.Tensor,
+    noise: torch.Tensor,
+    schedule: list[float],
+    guidance_scale: float = 1.0,
+    exit_step: int | None = None,
+    write_last: bool = False,
+) -> DenoiseOutput:
+    """Generate one frame per row: x0 (B, 1, C, h, w).
 
     action (B, 1, ...); has_action (B, 1); noise (B, S, C, h, w) with S >= len(schedule) (slice
     0 starts the chain, slice i re-noises before step i). With ``guidance_scale != 1`` the cache
-    holds 2B rows (see the module's docstring). ``mask``: the attention-mask policy of the cache.
+    holds 2B rows (see the module's docstring).
 
-    ``exit_step`` (training): stop after that step; only it runs with gradient.
+    ``exit_step`` (training): stop after that step; only it runs with gradient. ``write_last``:
+    the last pass writes the cache and its heads are returned (``SamplerConfig.cache_pass``).
     """
     B = noise.shape[0]
     if abs(schedule[0] - 1.0) > 1e-6:
         raise ValueError(f"the first timestep must be 1.0 (pure noise), got {schedule[0]}")
     x = noise[:, :1]  # (B, 1, C, h, w): at t = 1, x_t is pure noise
     last = len(schedule) - 1 if exit_step is None else exit_step
-    x0 = x
+    x0, heads = x, None
     for i in range(last + 1):
         t = schedule[i]
+        write = write_last and i == last
         with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or i == exit_step)):
-            ctx = cache.context(write=False, mask=mask)
             t_b = torch.full((x.shape[0], 1), t, device=x.device, dtype=x.dtype)
             if guidance_scale != 1.0:
                 xx, aa, hh = _with_null_rows(x, action, has_action)
-                out = model(xx, t_b.repeat_interleave(2, dim=0), aa, hh, ctx)
+                out = passes(xx, t_b.repeat_interleave(2, dim=0), aa, hh, write)
                 vv = out.v.unflatten(0, (B, 2))  # (B, 2, 1, C, h, w): [action, null]
                 v = vv[:, 1] + guidance_scale * (vv[:, 0] - vv[:, 1])
+                if write:
+                    heads = HeadOutputs(reward=out.reward[0::2], term_logit=out.term_logit[0::2])
             else:
-                v = model(x, t_b, action, has_action, ctx).v
+                out = passes(x, t_b, action, has_action, write)
+                v = out.v
+                if write:
+                    heads = HeadOutputs(reward=out.reward, term_logit=out.term_logit)
             x0 = x - t * v
         if i < last:
             t_next = schedule[i + 1]
             x = (1 - t_next) * x0.detach() + t_next * noise[:, i + 1 : i + 2]
-    return x0
+    return DenoiseOutput(x0=x0, heads=heads)
 
 
 def commit_frame(
@@ -117,10 +197,22 @@ def commit_frame(
     guided: bool = False,
     mask: MaskPolicy = "auto",
 ) -> HeadOutputs:
+    """:func:`commit` through the cache protocol."""
+    return commit(cache_passes(model, cache, mask), x0, action, has_action, t, guided)
+
+
+def commit(
+    passes: FramePasses,
+    x0: torch.Tensor,
+    action: torch.Tensor,
+    has_action: torch.Tensor,
+    t: float | torch.Tensor = 0.0,
+    guided: bool = False,
+) -> HeadOutputs:
     """The clean pass: write a frame's K/V into the cache (no gradient) and return head outputs (B, 1).
 
     x0 (B, 1, C, h, w). ``t`` > 0 commits a noisy frame (Diffusion Forcing context). ``guided``:
-    the cache has 2B rows (see :func:`denoise_frame`), both are written, the heads are read
+    the cache has 2B rows (see :func:`denoise`), both are written, the heads are read
     from the rows with the action.
     """
     with torch.no_grad():
@@ -131,10 +223,10 @@ def commit_frame(
             tt = t.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 1)
         else:  # a fill kernel, not a host-to-device copy (CUDA graph capture allows none)
             tt = torch.full((x.shape[0], 1), float(t), device=x.device, dtype=x.dtype)
-        out = model(x, tt, action, has_action, cache.context(write=True, mask=mask))
+        out = passes(x, tt, action, has_action, True)
         if guided:
             return HeadOutputs(reward=out.reward[0::2], term_logit=out.term_logit[0::2])
-        return out
+        return HeadOutputs(reward=out.reward, term_logit=out.term_logit)
 
 
 def commit_context(

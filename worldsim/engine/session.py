@@ -19,7 +19,7 @@ import torch
 
 from worldsim.engine.cache import KVCache, MaskPolicy
 from worldsim.engine.graphs import GraphedStep
-from worldsim.engine.sampler import cache_rows, commit_context, commit_frame, denoise_frame
+from worldsim.engine.sampler import cache_rows, commit, commit_context, denoise, kv_passes
 
 if TYPE_CHECKING:
     from worldsim.engine.world import WorldModel
@@ -217,15 +217,45 @@ class Session:
 
         act (n, 1, ...), noise (n, S, C, h, w) -> frames (n, H, W, 3) uint8, reward (n,),
         p_term (n,). With ``mask`` other than ``auto`` there is no host sync, so it can be
-        captured in a CUDA graph (see graphs.py).
+        captured in a CUDA graph (see graphs.py). Compiled or eager alike (``world.compiled``).
         """
         n = act.shape[0]
         has = torch.ones(n, 1, dtype=torch.bool, device=act.device)
-        model = self.world.denoiser
-        x0 = denoise_frame(model, cache, act, has, noise, self.schedule, self.guidance_scale, mask=mask)
-        out = commit_frame(model, cache, x0, act, has, guided=self.guided, mask=mask)
-        frames = self.world.codec.decode(x0[:, 0])  # (n, H, W, 3) uint8
+        compiled = self.world.compiled
+        forward_kv = compiled.forward_kv if compiled is not None else self.world.denoiser.forward_kv
+        decode = compiled.decode if compiled is not None else self.world.codec.decode
+        passes = kv_passes(forward_kv, cache, mask)
+        last_step = self.world.config.sampler.cache_pass == "last_step"
+        res = denoise(passes, act, has, noise, self.schedule, self.guidance_scale, write_last=last_step)
+        x0 = res.x0
+        out = res.heads if res.heads is not None else commit(passes, x0, act, has, guided=self.guided)
+        frames = decode(x0[:, 0])  # (n, H, W, 3) uint8
         return frames, out.reward[:, 0].float(), torch.sigmoid(out.term_logit[:, 0].float())
+
+    @torch.inference_mode()
+    def warmup(self) -> float:
+        """Compile the step for this session's batch now (on a scratch copy of the cache, so
+        nothing changes) instead of on the first step; returns the seconds it took (0 when the
+        world runs eager). ``worldsim play`` shows progress while it runs."""
+        if self.world.compiled is None or not self.world.compiled.active:
+            return 0.0
+        t0 = time.perf_counter()
+        scratch = self.cache.gather(list(range(self.cache.batch)))
+        act = torch.as_tensor(self.world.action_spec.null(self.batch), device=self.world.device).unsqueeze(1)
+        self._advance_tensors(scratch, act, self._noise_like(), self._mask(full=False))
+        return time.perf_counter() - t0
+
+    def _noise_like(self) -> torch.Tensor:
+        c = self.world.config.codec
+        shape = (self.batch, len(self.schedule), c.latent_channels, c.latent_size, c.latent_size)
+        return torch.zeros(shape, device=self.world.device, dtype=self.world.dtype)
+
+    def _mask(self, full: bool) -> MaskPolicy:
+        """The mask policy of a step: compiled steps always take a mask (one graph for every fill
+        state); eager ones skip it once every slot is filled (the flash-attn path on CUDA)."""
+        if self.world.compiled is not None and self.world.compiled.active:
+            return "always"
+        return "never" if full else "always"
 
     def _advance(self, cache: KVCache, rows: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         act = torch.as_tensor(a, device=self.world.device).unsqueeze(1)  # (n, 1, ...)
@@ -237,7 +267,7 @@ class Session:
                 self._graphed = GraphedStep(self._advance_tensors, self.cache, act, noise)
             out = self._graphed.run(act, noise, full)
         else:
-            out = self._advance_tensors(cache, act, noise, "never" if full else "always")
+            out = self._advance_tensors(cache, act, noise, self._mask(full))
         frames, rewards, p_term = (t.cpu().numpy() for t in out)
         if not np.all(np.isfinite(rewards)):
             raise FloatingPointError("the model produced a non-finite reward")

@@ -21,6 +21,8 @@ import torch
 
 from worldsim import checkpoint as ckpt
 from worldsim.engine.cache import CacheConfig
+from worldsim.engine.compiled import Compiled
+from worldsim.engine.compiled import resolve as resolve_compile
 from worldsim.engine.sampler import RENAMED_FIELDS, SamplerConfig
 from worldsim.engine.session import Session, StepResult
 from worldsim.model.codec import CodecConfig, FrameCodec
@@ -84,6 +86,7 @@ class WorldModel(torch.nn.Module):
         self.start_frames = torch.zeros(0, K, s, s, 3, dtype=torch.uint8)
         self.start_actions = torch.zeros((0, K, *spec.per_action_shape), dtype=_action_dtype(spec))
         self.provenance: dict[str, Any] = {}
+        self.compiled: Compiled | None = None  # set by to_runtime
 
     # ------------------------------------------------------------------ properties
     @property
@@ -119,11 +122,14 @@ class WorldModel(torch.nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         verify: bool = True,
+        compile: bool | None = None,
     ) -> WorldModel:
         """Load a world checkpoint; device defaults to CUDA if available, dtype to fp32/bf16.
 
         ``verify``: check the tensor data against the file's SHA-256 and that every weight is
         finite (``checkpoint.verify_tensors``); False skips both (huge files, trusted copies).
+        ``compile``: run the per-frame step under ``torch.compile`` (default: on for CPU unless
+        ``WORLDSIM_COMPILE=0``; see ``worldsim.engine.compiled``).
         """
         tensors, meta = ckpt.load_file(path)
         try:
@@ -142,12 +148,15 @@ class WorldModel(torch.nn.Module):
         world.start_actions = tensors["start.actions"]
         world.provenance = meta.get("provenance", {})
         dev = torch.device(device) if device is not None else default_device()
-        return world.to_runtime(dev, dtype or default_dtype(dev))
+        return world.to_runtime(dev, dtype or default_dtype(dev), compile=compile)
 
-    def to_runtime(self, device: torch.device, dtype: torch.dtype) -> WorldModel:
+    def to_runtime(self, device: torch.device, dtype: torch.dtype, compile: bool | None = None) -> WorldModel:
+        """Move to ``device``/``dtype`` for inference (no gradients) and decide on compilation
+        (:func:`worldsim.engine.compiled.resolve`): sessions opened afterwards use ``self.compiled``."""
         self.to(device=device, dtype=dtype)
         self.eval()
         self.requires_grad_(False)
+        self.compiled = Compiled(self.denoiser, self.codec) if resolve_compile(compile, device) else None
         return self
 
     def session(

@@ -118,6 +118,26 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         # x (B, T, N, D); c (B, T, D)
+        ck = cv = None
+        if ctx.cache is not None:
+            ck, cv = ctx.cache.attention_kv(self.index)  # (B, H, L, hd), already rotated
+        x, k, v = self.step(x, c, ctx.q_cos, ctx.q_sin, ctx.mask, ck, cv)
+        if ctx.write and ctx.cache is not None:
+            ctx.cache.store(self.index, k.detach(), v.detach())
+        return x
+
+    def step(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        q_cos: torch.Tensor,
+        q_sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        ck: torch.Tensor | None = None,
+        cv: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block on explicit tensors: x (B, T, N, D), c (B, T, D), cached keys (rotated) and
+        values ck/cv (B, H, L, hd) or None -> (x, the new tokens' un-rotated k and v (B, H, T*N, hd))."""
         B, T, N, D = x.shape
         mod = self.ada(F.silu(c)).unsqueeze(2)  # (B, T, 1, 6D)
         sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)
@@ -126,20 +146,17 @@ class Block(nn.Module):
         qkv = self.qkv(h).view(B, T * N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T*N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
-        q_r = apply_rope(q, ctx.q_cos, ctx.q_sin)
-        k_r = apply_rope(k, ctx.q_cos, ctx.q_sin)
-        if ctx.cache is not None:
-            ck, cv = ctx.cache.attention_kv(self.index)  # (B, H, L, hd), already rotated
+        q_r = apply_rope(q, q_cos, q_sin)
+        k_r = apply_rope(k, q_cos, q_sin)
+        if ck is not None and cv is not None:
             keys, values = torch.cat([ck, k_r], dim=2), torch.cat([cv, v], dim=2)
         else:
             keys, values = k_r, v
-        a = attend(q_r, keys, values, ctx.mask)  # (B, H, T*N, hd)
-        if ctx.write and ctx.cache is not None:
-            ctx.cache.store(self.index, k.detach(), v.detach())
+        a = attend(q_r, keys, values, mask)  # (B, H, T*N, hd)
         a = a.transpose(1, 2).reshape(B, T, N, D)
         x = x + g1 * self.proj(a)
         x = x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
-        return x
+        return x, k, v
 
 
 class CausalDenoiser(nn.Module):
@@ -202,16 +219,54 @@ class CausalDenoiser(nn.Module):
         ctx: AttnContext | None = None,
     ) -> DenoiserOutput:
         """x (B, T, C, h, w) noisy latents; t (B, T) noise levels; action (B, T, ...); has_action (B, T)."""
-        B, T, C, hh, ww = x.shape
         if ctx is None:
-            ctx = self.full_context(T, x.device)
-        tok = x.flatten(3).transpose(2, 3)  # (B, T, N, C)
-        h = self.inp(tok) + self.pos  # (B, T, N, D)
-        c = self.t_mlp(timestep_embedding(t, 256).to(h.dtype)) + self.actions(action, has_action).to(h.dtype)
+            ctx = self.full_context(x.shape[1], x.device)
+        h, c = self._embed(x, t, action, has_action)
         for block in self.blocks:
             h = block(h, c, ctx)
         if ctx.write and ctx.cache is not None:
-            ctx.cache.advance(T)
+            ctx.cache.advance(x.shape[1])
+        return self._readout(h, c, x.shape)
+
+    def forward_kv(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        action: torch.Tensor,
+        has_action: torch.Tensor,
+        q_cos: torch.Tensor,
+        q_sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+    ) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
+        """One cached pass on explicit tensors (what ``torch.compile`` and CUDA graphs take whole).
+
+        x, t, action, has_action as in :meth:`forward`; q_cos/q_sin (B|1, 1, T*N, hd); mask bool
+        (B|1, 1, T*N, L + T*N) or None; cache_k (rotated) / cache_v (depth, B, H, L, hd).
+        Returns the output and the new tokens' un-rotated keys and values (depth, B, H, T*N, hd),
+        for the caller to store: the same numbers as :meth:`forward` with a cache context.
+        """
+        h, c = self._embed(x, t, action, has_action)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, Block)
+            h, k, v = block.step(h, c, q_cos, q_sin, mask, cache_k[i], cache_v[i])
+            ks.append(k)
+            vs.append(v)
+        return self._readout(h, c, x.shape), torch.stack(ks), torch.stack(vs)
+
+    def _embed(
+        self, x: torch.Tensor, t: torch.Tensor, action: torch.Tensor, has_action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, T, N, D) and per-frame conditioning (B, T, D)."""
+        tok = x.flatten(3).transpose(2, 3)  # (B, T, N, C)
+        h = self.inp(tok) + self.pos  # (B, T, N, D)
+        c = self.t_mlp(timestep_embedding(t, 256).to(h.dtype)) + self.actions(action, has_action).to(h.dtype)
+        return h, c
+
+    def _readout(self, h: torch.Tensor, c: torch.Tensor, shape: torch.Size) -> DenoiserOutput:
+        B, T, C, hh, ww = shape
         shift, scale = self.ada_out(F.silu(c)).unsqueeze(2).chunk(2, dim=-1)
         hn = self.norm_out(h)
         out = self.out(hn * (1 + scale) + shift)  # (B, T, N, C)

@@ -1,0 +1,100 @@
+"""The compiled per-frame step (``worldsim.engine.compiled``) gives the eager step's frames.
+
+Rollouts run longer than the cache (sink 1 + window 4), so both the filling and the full cache
+are compared, at batch 1 and in a guided batch whose rows are at different fill states (one row
+reset mid-rollout). Tolerance: frames within 2 of 255 levels (float reassociation in fused
+kernels), rewards within 1e-3, the same episode ends. Then the fallback: a compile that fails
+means one warning and the eager step, with the same frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.engine import compiled as compiled_mod
+from worldsim.engine.world import WorldModel
+from worldsim.testing import tiny_world
+
+
+def _world(compile: bool, guidance: float = 1.0) -> WorldModel:
+    w = tiny_world()
+    w.config.sampler = dataclasses.replace(w.config.sampler, guidance_scale=guidance)
+    return w.to_runtime(torch.device("cpu"), torch.float32, compile=compile)
+
+
+def _rollout(world: WorldModel, batch: int, frames: int, reset_at: int | None = None) -> dict[str, np.ndarray]:
+    sess = world.session(batch=batch, seed=3)
+    sess.warmup()
+    sess.reset(seed=3)
+    rng = np.random.default_rng(0)
+    out: dict[str, list[np.ndarray]] = {"frames": [], "rewards": [], "terminated": []}
+    for i in range(frames):
+        if reset_at is not None and i == reset_at:
+            sess.reset(rows=[1], seed=11)  # row 1 refills its cache while the others stay full
+        r = sess.step(rng.integers(0, 2, size=batch))
+        out["frames"].append(r.frames)
+        out["rewards"].append(r.rewards)
+        out["terminated"].append(r.terminated)
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def _assert_close(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    diff = np.abs(a["frames"].astype(int) - b["frames"].astype(int))
+    assert diff.max() <= 2, f"compiled frames differ from eager by up to {diff.max()} levels"
+    assert diff.mean() < 0.01
+    np.testing.assert_allclose(a["rewards"], b["rewards"], atol=1e-3)
+    np.testing.assert_array_equal(a["terminated"], b["terminated"])
+
+
+@pytest.mark.parametrize(("batch", "guidance", "reset_at"), [(1, 1.0, None), (3, 2.0, 7)])
+def test_compiled_step_matches_eager(batch: int, guidance: float, reset_at: int | None) -> None:
+    eager = _rollout(_world(False, guidance), batch, 12, reset_at)
+    world = _world(True, guidance)
+    fast = _rollout(world, batch, 12, reset_at)
+    assert world.compiled is not None and world.compiled.active, "torch.compile fell back to eager"
+    _assert_close(fast, eager)
+
+
+def test_failed_compile_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken_compile(fn, **kwargs):  # type: ignore[no-untyped-def]
+        def run(*args, **kw):  # type: ignore[no-untyped-def]
+            raise RuntimeError("no C++ compiler found\nsecond line")
+
+        return run
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", broken_compile)
+    world = _world(True)
+    with caplog.at_level(logging.WARNING, logger="worldsim.engine.compiled"):
+        got = _rollout(world, 1, 8)
+    assert world.compiled is not None and not world.compiled.active
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "running eager" in warnings[0].getMessage()
+    assert "second line" not in warnings[0].getMessage()
+    _assert_close(got, _rollout(_world(False), 1, 8))
+
+
+@pytest.mark.parametrize(
+    ("requested", "env", "device", "expected"),
+    [
+        (None, None, "cpu", True),
+        (None, None, "cuda", False),
+        (None, "0", "cpu", False),
+        (None, "off", "cpu", False),
+        (None, "1", "cuda", True),
+        (False, "1", "cpu", False),
+        (True, "0", "cpu", True),
+    ],
+)
+def test_resolve(
+    monkeypatch: pytest.MonkeyPatch, requested: bool | None, env: str | None, device: str, expected: bool
+) -> None:
+    if env is None:
+        monkeypatch.delenv(compiled_mod.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(compiled_mod.ENV_VAR, env)
+    assert compiled_mod.resolve(requested, torch.device(device)) is expected
