@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,14 +61,14 @@ def test_compiled_step_matches_eager(batch: int, guidance: float, reset_at: int 
     _assert_close(fast, eager)
 
 
-def test_failed_compile_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    def broken_compile(fn, **kwargs):  # type: ignore[no-untyped-def]
-        def run(*args, **kw):  # type: ignore[no-untyped-def]
-            raise RuntimeError("no C++ compiler found\nsecond line")
+def test_failed_compile_falls_back_to_eager(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    def broken_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no C++ compiler found\nsecond line")
 
-        return run
-
-    monkeypatch.setattr(compiled_mod.torch, "compile", broken_compile)
+    monkeypatch.setenv(compiled_mod.CACHE_ENV, str(tmp_path))  # nothing cached: a build is attempted
+    monkeypatch.setattr(compiled_mod, "_build_package", broken_build)
     world = _world(True)
     with caplog.at_level(logging.WARNING, logger="worldsim.engine.compiled"):
         got = _rollout(world, 1, 8)
@@ -98,3 +99,35 @@ def test_resolve(
     else:
         monkeypatch.setenv(compiled_mod.ENV_VAR, env)
     assert compiled_mod.resolve(requested, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize(("cache_pass", "passes"), [("clean", 5), ("last_step", 4)])
+def test_cache_pass_sets_the_passes_per_frame(cache_pass: str, passes: int) -> None:
+    world = _world(False)
+    world.config.sampler = world.config.sampler.with_overrides([f"cache_pass={cache_pass}"])
+    assert world.config.sampler.passes_per_frame == passes
+    calls = []
+    forward_kv = world.denoiser.forward_kv
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        calls.append(args[0].shape[0])
+        return forward_kv(*args)
+
+    world.denoiser.forward_kv = counted  # type: ignore[method-assign]
+    sess = world.session(batch=2, seed=0)
+    sess.reset()
+    for _ in range(6):  # past the cache's capacity (5): the ring rolls in both modes
+        out = sess.step([0, 1])
+        assert np.isfinite(out.rewards).all()
+    assert len(calls) == 6 * passes
+    assert sess.cache.count.tolist() == [2 + 6, 2 + 6]  # context + one write per frame
+
+
+def test_sampler_overrides_name_the_fields() -> None:
+    cfg = _world(False).config.sampler
+    new = cfg.with_overrides(["timesteps=(1.0, 0.5)", "guidance_scale=2", "cache_pass=last_step"])
+    assert new.timesteps == (1.0, 0.5) and new.guidance_scale == 2 and new.cache_pass == "last_step"
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        cfg.with_overrides(["steps=3"])
+    with pytest.raises(ValueError, match="cache_pass must be one of"):
+        cfg.with_overrides(["cache_pass=sometimes"])

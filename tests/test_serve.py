@@ -246,7 +246,9 @@ def test_guided_world_is_served_like_any_other(tiny_world_path: Path) -> None:
     """Guided sessions share the world's one engine; stepping others and closing (a row move) leave them unchanged."""
     guided = tiny_world(sampler=SamplerConfig(guidance_scale=2.0))
     with serving(tiny_world_path, {"guided": guided}) as srv, serving(tiny_world_path, {"guided": guided}) as alone:
-        assert srv.server is not None and srv.server.hosts["guided"].engine.batch == srv.server.hosts["tiny"].engine.batch
+        assert (
+            srv.server is not None and srv.server.hosts["guided"].engine.batch == srv.server.hosts["tiny"].engine.batch
+        )
         a, b = RemoteWorld(srv.address, "guided", seed=0), RemoteWorld(srv.address, "guided", seed=1)
         ref = RemoteWorld(alone.address, "guided", seed=1)  # b's rollout on a server of its own
         for env, action in ((a, 0), (a, 1), (b, 1), (ref, 1)):

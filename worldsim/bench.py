@@ -26,6 +26,7 @@ import torch
 
 from worldsim.bench_modes import MODES, VARIANTS, configured, first_frame, parse_list
 from worldsim.engine.world import WorldConfig, WorldModel
+from worldsim.threads import on_torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Every measurement on one thread (``worldsim.threads.torch_thread``), the gRPC one's client
+    from this one: torch must run on a single thread of a process to keep its speed."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = on_torch_thread(_measure, args)
+    if isinstance(out, int):
+        return out
+    res, world = out
+    if args.grpc:
+        from worldsim.serve.bench import bench_grpc
+
+        res["grpc"] = bench_grpc(world, clients=(1, 16), frames=200)
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+        log.info("wrote %s", args.json)
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel]:
     from worldsim.engine.world import default_device
 
     device = torch.device(args.device) if args.device else default_device()
@@ -302,15 +321,7 @@ def main(args: argparse.Namespace) -> int:
         res["vector_env_steps_per_s"] = {
             n: vector_env_steps_per_second(world, n, steps=max(10, 200 // n)) for n in (1, 16, 64)
         }
-    if args.grpc:
-        from worldsim.serve.bench import bench_grpc
-
-        res["grpc"] = bench_grpc(world, clients=(1, 16), frames=200)
-    print_table(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
-        log.info("wrote %s", args.json)
-    return 0
+    return res, world
 
 
 def _soak(args: argparse.Namespace, world: WorldModel) -> int:

@@ -11,6 +11,12 @@ import argparse
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +55,37 @@ def set_threads(n: int | None) -> None:
 
     torch.set_num_threads(int(n))
     log.debug("torch uses %d CPU threads", n)
+
+
+_TORCH_THREAD: ThreadPoolExecutor | None = None
+_TORCH_THREAD_LOCK = threading.Lock()
+
+
+def torch_thread() -> ThreadPoolExecutor:
+    """The one thread that runs torch in a process that has several (``worldsim serve``, the gRPC
+    bench): every served world's engine steps here, and the worlds are loaded here.
+
+    Why one: torch's CPU kernels use OpenMP, and GNU libgomp gives every thread that starts a
+    parallel region its own team of workers. Once a second team exists, libgomp counts more
+    threads than cores and stops spinning between regions, so a batch-1 step (hundreds of tiny
+    regions) runs at half speed: measured 22 -> 10 frames/s on the 2-core machine after any
+    other thread had run one torch op. One torch thread per process keeps one team.
+    """
+    global _TORCH_THREAD
+    with _TORCH_THREAD_LOCK:
+        if _TORCH_THREAD is None:
+            import torch
+
+            # OpenMP's thread count is per thread: the new thread uses the creator's (``--threads``).
+            n = torch.get_num_threads()
+            _TORCH_THREAD = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="worldsim-torch", initializer=torch.set_num_threads, initargs=(n,)
+            )
+        return _TORCH_THREAD
+
+
+def on_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` run on :func:`torch_thread` (directly when already there)."""
+    if threading.current_thread().name.startswith("worldsim-torch"):
+        return fn(*args, **kwargs)
+    return torch_thread().submit(fn, *args, **kwargs).result()

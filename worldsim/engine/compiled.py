@@ -1,32 +1,42 @@
-"""The per-frame step compiled with ``torch.compile`` (inductor), chosen at run time.
+"""The per-frame step compiled ahead of time (AOTInductor), cached on disk, chosen at run time.
 
 A frame is a few denoiser passes of one new frame per row against the KV cache, then a decode.
 All of the cache's bookkeeping (slots, fill state, rotary tables, the once-per-frame rotation of
-the cached keys) happens outside the compiled code, in :meth:`KVCache.frame_kv`, so that one pass
-is a pure function of fixed-shape tensors (``CausalDenoiser.forward_kv``): ONE graph per batch
-size serves every denoising step and the clean pass, in every fill state (the mask is always
-passed, so an empty slot and a full cache are the same graph). The decoder is a second graph.
+the cached keys) happens outside the compiled code, in :meth:`KVCache.frame_kv`, so one pass is a
+pure function of tensors (``CausalDenoiser.forward_kv``): one compiled kernel library serves every
+denoising step and the clean pass, in every fill state (the mask is always passed, so an empty
+slot and a full cache are the same code) and at every batch size (the batch dimension is
+symbolic). The decoder is a second one.
 
 - **Chosen at the entry point**: :func:`resolve` reads ``compile=`` (``WorldModel.load``,
   ``--no-compile`` on the CLI) over ``WORLDSIM_COMPILE`` (``0`` turns it off); default on for
   CPU worlds, off on CUDA (where the step is captured in a CUDA graph instead, see graphs.py).
-- **Paid once**: inductor's caches live in ``~/.cache/worldsim/inductor`` (``TORCHINDUCTOR_CACHE_DIR``
-  overrides), so only the first run on a machine pays the C++ compile; :meth:`Compiled.warmup`
-  compiles for a batch size up front (``worldsim play`` shows it).
-- **Falls back**: if compilation fails (no C++ compiler, an unsupported platform), one warning
-  line and the eager functions from then on; the frames are the same within float tolerance.
+- **Paid once per machine**: the first use exports each function (``torch.export``), compiles it
+  with AOTInductor (C++, tens of seconds on 2 cores) and stores the package in
+  ``~/.cache/worldsim/compiled`` (``WORLDSIM_CACHE`` overrides), keyed by the weights, the configs,
+  the model's source and the torch version; later processes load it in milliseconds.
+  :meth:`Session.warmup` does this up front (``worldsim play`` shows progress).
+- **Falls back**: if export or compilation fails (no C++ compiler, an unsupported op or
+  platform), one warning line and the eager functions from then on; a corrupt cached package is
+  rebuilt. The frames are the eager ones within float tolerance (tests/test_compiled.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from worldsim.model import actions, attention, codec, denoiser
+from worldsim.model.denoiser import DenoiserOutput
 
 if TYPE_CHECKING:
     from worldsim.model.codec import FrameCodec
@@ -35,7 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_VAR = "WORLDSIM_COMPILE"
-CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+CACHE_ENV = "WORLDSIM_CACHE"
+FORWARD_KV_BATCH_DIMS = (0, 0, 0, 0, 0, 0, 0, 1, 1)
+"""Batch dimension of each ``forward_kv`` input: x, t, action, has_action, q_cos, q_sin, mask, k, v."""
 
 
 def resolve(requested: bool | None, device: torch.device) -> bool:
@@ -49,57 +61,144 @@ def resolve(requested: bool | None, device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _configure_caches() -> None:
-    """Inductor's on-disk caches in one place per user (first use only)."""
-    if CACHE_ENV not in os.environ:
-        os.environ[CACHE_ENV] = str(Path.home() / ".cache" / "worldsim" / "inductor")
-    import torch._dynamo
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "worldsim") / "compiled"
 
-    # One graph per batch size: a vector env or a server steps several sizes (row subsets).
-    if torch._dynamo.config.recompile_limit < 64:
-        torch._dynamo.config.recompile_limit = 64
+
+class _Pass(torch.nn.Module):
+    """``forward_kv`` as a module returning a flat tuple (what export takes)."""
+
+    def __init__(self, den: CausalDenoiser) -> None:
+        super().__init__()
+        self.den = den
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        action: torch.Tensor,
+        has_action: torch.Tensor,
+        q_cos: torch.Tensor,
+        q_sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        out, k, v = self.den.forward_kv(x, t, action, has_action, q_cos, q_sin, mask, cache_k, cache_v)
+        return out.v, out.reward, out.term_logit, out.pooled, k, v
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, c: FrameCodec) -> None:
+        super().__init__()
+        self.codec = c
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(z)
+
+
+def _key(name: str, module: torch.nn.Module, config: str) -> str:
+    """Weights + config + the model's source + torch version: a cached package matches all of them."""
+    h = hashlib.sha256(f"{name}|{torch.__version__}|{config}".encode())
+    for src in (actions, attention, codec, denoiser):
+        h.update(inspect.getsource(src).encode())
+    for k, t in module.state_dict().items():
+        h.update(k.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _build_package(
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], dims: tuple[int, ...], path: Path
+) -> None:
+    """Export ``module`` with a symbolic batch dimension and compile it with AOTInductor into ``path``."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=1 << 16)
+    # Trace with two rows per row: a size-1 example would be specialised to 1.
+    ex = tuple(torch.cat([a, a], dim=d) for a, d in zip(example, dims))
+    shapes = tuple({d: batch} for d in dims)
+    program = torch.export.export(module, ex, dynamic_shapes=shapes)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
+    importlib.import_module("torch._inductor").aoti_compile_and_package(program, package_path=str(tmp))
+    os.replace(tmp, path)  # atomic: a concurrent process sees the whole package or none
+
+
+def _load_package(path: Path) -> Any:
+    """A compiled package as a function of its flat tensor inputs -> its output(s).
+
+    The runtime's loader directly when torch has it (milliseconds: importing ``torch._inductor``
+    for ``aoti_load_package`` alone takes over a second, which the first frame would pay)."""
+    loader_cls = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_cls is None:
+        return importlib.import_module("torch._inductor").aoti_load_package(str(path))
+    loader = loader_cls(str(path), "model", False, 1, -1)
+
+    def run(*args: torch.Tensor) -> Any:
+        out = loader.boxed_run(list(args))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    return run
 
 
 class Compiled:
-    """Compiled ``forward_kv`` and ``decode`` of one world, with the eager fallback.
+    """AOT-compiled ``forward_kv`` and ``decode`` of one world, with the eager fallback.
 
-    ``forward_kv(...)`` and ``decode(z)`` have the signatures of ``CausalDenoiser.forward_kv`` and
-    ``FrameCodec.decode``. ``active`` is False once compilation failed (everything then runs eager).
+    ``forward_kv(...)`` and ``decode(z)`` have the signatures of ``CausalDenoiser.forward_kv``
+    (with a mask) and ``FrameCodec.decode``. ``active`` is False once compilation failed.
     """
 
-    def __init__(self, denoiser: CausalDenoiser, codec: FrameCodec) -> None:
-        _configure_caches()
-        self._eager: dict[str, Callable[..., Any]] = {"forward_kv": denoiser.forward_kv, "decode": codec.decode}
-        self._fns: dict[str, Callable[..., Any]] = {
-            name: torch.compile(fn, dynamic=False, fullgraph=True) for name, fn in self._eager.items()
-        }
+    def __init__(self, den: CausalDenoiser, frame_codec: FrameCodec) -> None:
+        self._den = den
+        self._modules: dict[str, torch.nn.Module] = {"forward_kv": _Pass(den), "decode": _Decode(frame_codec)}
+        self._configs = {"forward_kv": json.dumps(vars(den.cfg)), "decode": json.dumps(vars(frame_codec.cfg))}
+        self._dims = {"forward_kv": FORWARD_KV_BATCH_DIMS, "decode": (0,)}
+        self._loaded: dict[str, Any] = {}
         self.active = True
-        self._seen: set[tuple[str, tuple[int, ...]]] = set()
 
-    def forward_kv(self, *args: Any) -> Any:
-        return self._call("forward_kv", args)
+    def forward_kv(self, *args: torch.Tensor | None) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
+        if any(a is None for a in args):  # no mask: only the eager path takes None
+            return self._den.forward_kv(*args)  # type: ignore[arg-type]
+        v, reward, term, pooled, k_new, v_new = self._call("forward_kv", args)  # type: ignore[arg-type]
+        return DenoiserOutput(reward=reward, term_logit=term, v=v, pooled=pooled), k_new, v_new
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self._call("decode", (z,))  # type: ignore[no-any-return]
 
-    def _call(self, name: str, args: tuple[Any, ...]) -> Any:
-        if not self.active:
-            return self._eager[name](*args)
-        key = (name, tuple(args[0].shape))
-        if key in self._seen:
-            return self._fns[name](*args)
+    def _call(self, name: str, args: tuple[torch.Tensor, ...]) -> Any:
+        fn = self._loaded.get(name) if self.active else None
+        if fn is None and self.active:
+            fn = self._load(name, args)
+        if fn is None:
+            return self._modules[name](*args)
+        return fn(*(a.contiguous() for a in args))
+
+    def _load(self, name: str, example: tuple[torch.Tensor, ...]) -> Any:
+        device = example[0].device
+        path = cache_dir() / f"{name}-{_key(name, self._modules[name], self._configs[name])}-{device.type}.pt2"
         t0 = time.perf_counter()
         try:
-            out = self._fns[name](*args)
-        except Exception as e:  # inductor raises many types: any failure means "run eager"
+            if path.exists():
+                try:
+                    fn = _load_package(path)
+                except Exception as e:  # a truncated or foreign file: rebuild it
+                    log.warning("rebuilding the compiled %s (%s could not be loaded: %s)", name, path, e)
+                    path.unlink(missing_ok=True)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                log.info("compiling %s for this machine (once; cached in %s)", name, path.parent)
+                # Export needs ordinary tensors: the step runs under inference_mode, so copy out of it.
+                with torch.inference_mode(False), torch.no_grad():
+                    ex = tuple(a.clone() for a in example)
+                    _build_package(self._modules[name], ex, self._dims[name], path)
+                fn = _load_package(path)
+        except Exception as e:  # export and inductor raise many types: any failure means "run eager"
             self.active = False
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             log.warning(
-                "torch.compile failed (%s: %s); running eager (set %s=0 to skip trying)",
-                type(e).__name__,
-                str(e).splitlines()[0][:200] if str(e) else "",
-                ENV_VAR,
+                "compilation failed (%s: %s); running eager (%s=0 skips trying)", type(e).__name__, first, ENV_VAR
             )
-            return self._eager[name](*args)
-        self._seen.add(key)
-        log.info("compiled %s for shape %s in %.1f s", name, key[1], time.perf_counter() - t0)
-        return out
+            return None
+        self._loaded[name] = fn
+        log.info("compiled %s ready in %.1f s", name, time.perf_counter() - t0)
+        return fn

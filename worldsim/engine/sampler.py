@@ -18,8 +18,11 @@ is :func:`cache_rows` of it. Nothing outside the engine sees the doubled rows.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,6 +53,22 @@ class SamplerConfig:
             raise ValueError(f"sampler.cache_pass must be one of {CACHE_PASSES}, got {self.cache_pass!r}")
         if not self.timesteps:
             raise ValueError("sampler.timesteps must list at least one noise level")
+
+    def with_overrides(self, items: Sequence[str]) -> SamplerConfig:
+        """A copy with ``field=value`` items applied (values as Python literals): e.g.
+        ``["cache_pass=last_step", "timesteps=(1.0, 0.667, 0.333)", "guidance_scale=2.0"]``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() not in names:
+                raise ValueError(f"sampler override {item!r}: expected FIELD=VALUE with FIELD in {sorted(names)}")
+            try:
+                parsed = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                parsed = value.strip()
+            changes[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+        return dataclasses.replace(self, **changes)
 
     @property
     def passes_per_frame(self) -> int:

@@ -64,6 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing report in the output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument(
+        "--sampler",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override the worlds' sampler, e.g. cache_pass=last_step or 'timesteps=(1.0, 0.667, 0.333)'",
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="run the step eager, without torch.compile (also: WORLDSIM_COMPILE=0)"
+    )
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -152,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
     report.check_out(out, args.force)  # before the work, not after it
     names = _names(args)
     paths = [world_path(c) for c in args.checkpoints]
-    worlds = {n: WorldModel.load(p, device=device) for n, p in zip(names, paths)}
+    compile = False if args.no_compile else None
+    worlds = {n: WorldModel.load(p, device=device, compile=compile) for n, p in zip(names, paths)}
+    for w in worlds.values():
+        w.config.sampler = w.config.sampler.with_overrides(args.sampler)
     held = None
     if not args.only_control:
         data = args.data or Path("data") / args.world

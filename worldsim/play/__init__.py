@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remote", default=None, metavar="HOST:PORT", help="play a world served by `worldsim serve`")
     parser.add_argument("--token", default=None, help="bearer token for --remote")
     parser.add_argument("--device", default="cpu", help="torch device of the local engine (default: cpu)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="run the step eager, without torch.compile (also: WORLDSIM_COMPILE=0)"
+    )
     parser.add_argument("--zoom", type=int, default=6, metavar="N", help="integer scale of the frames (default: 6)")
     parser.add_argument("--smooth", action="store_true", help="smooth scaling instead of nearest neighbour")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the first episode")
@@ -144,7 +149,10 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
         from worldsim.worlds import world_path
 
         args.world = args.world or "cartpole"
-        backend = LocalBackend(WorldModel.load(world_path(args.world), device=args.device), seed=args.seed)
+        compile = False if getattr(args, "no_compile", False) else None
+        world = WorldModel.load(world_path(args.world), device=args.device, compile=compile)
+        backend = LocalBackend(world, seed=args.seed)
+        warm_up(backend.session, str(world.config.name))
     real = None
     try:
         if world_def is not None:
@@ -180,6 +188,34 @@ def build(args: argparse.Namespace, world_def: Any = None) -> Setup:
         raise
     fps = backend.fps if args.fps is None else float(args.fps)
     return Setup(core, ctl["keymap"], default, fps, backend.name, wd, ctl["magnitude"])
+
+
+def warm_up(session: Any, name: str) -> None:
+    """Compile the world's step before the first frame (``Session.warmup``), counting the seconds on
+    stderr while it runs: the first run on a machine pays the C++ compile, later ones reuse it."""
+    if session.world.compiled is None:
+        return
+    done, t0 = threading.Event(), time.perf_counter()
+
+    def tick() -> None:
+        while not done.wait(1.0):
+            print(
+                f"\rworldsim play: compiling {name} for this CPU: {time.perf_counter() - t0:.0f} s "
+                "(cached for the next run; --no-compile skips it)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        secs = session.warmup()
+    finally:
+        done.set()
+        ticker.join()
+    if secs >= 1.0:
+        print(f"\rworldsim play: compiled {name} in {secs:.0f} s" + " " * 50, file=sys.stderr)
 
 
 def load_actions(path: Path, spec: Any) -> list[Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.engine.world import WorldModel
+from worldsim.threads import on_torch_thread
 
 
 def _pct(x: list[float]) -> dict[str, float]:
@@ -121,7 +122,7 @@ def bench_grpc(
     with BackgroundServer({"bench": model}, cfg) as srv:
         for n in clients:
             steps = max(5, frames // n)
-            local = _in_process(model, n, steps, warmup)
+            local = on_torch_thread(_in_process, model, n, steps, warmup)  # the server's engine thread
             remote = _over_grpc(srv.address, "bench", n, steps, warmup, encoding)
             out[f"clients_{n}"] = {
                 "in_process": local,

@@ -21,11 +21,14 @@ from typing import Any
 
 from worldsim.engine.world import WorldModel
 from worldsim.serve.server import ServeConfig, Server
+from worldsim.threads import on_torch_thread
 
 log = logging.getLogger(__name__)
 
 
-def load_worlds(names: list[str], device: Any = None, verify: bool = True) -> dict[str, WorldModel]:
+def load_worlds(
+    names: list[str], device: Any = None, verify: bool = True, compile: bool | None = None
+) -> dict[str, WorldModel]:
     """Bundled world names, checkpoint paths or ``NAME=PATH`` -> {served name: world}; none: every
     trained bundled world. A checkpoint is served under the name it was trained as
     (``WorldConfig.name``; the file's stem for a world named the default ``world``)."""
@@ -46,7 +49,7 @@ def load_worlds(names: list[str], device: Any = None, verify: bool = True) -> di
             path = world_path(target)
         except (KeyError, FileNotFoundError) as e:
             raise SystemExit(f"worldsim serve: {e.args[0] if e.args else e}") from None
-        world = WorldModel.load(path, device=device, verify=verify)
+        world = WorldModel.load(path, device=device, verify=verify, compile=compile)
         trained = str(world.config.name)
         key = alias or (target if target in bundled else trained if trained != "world" else Path(target).stem)
         if key in out:
@@ -88,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace", type=float, default=d.grace, help="shutdown grace period (s)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     parser.add_argument(
+        "--no-compile", action="store_true", help="run the step eager, without torch.compile (also: WORLDSIM_COMPILE=0)"
+    )
+    parser.add_argument(
         "--no-verify", action="store_true", help="skip the checkpoints' SHA-256 and finite-weight checks (huge files)"
     )
 
@@ -107,7 +113,9 @@ def main(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         grace=args.grace,
     )
-    worlds = load_worlds(args.worlds, args.device, verify=not args.no_verify)
+    compile = False if args.no_compile else None
+    # Loaded (and verified) on the thread that will step them: one OpenMP team per process.
+    worlds = on_torch_thread(load_worlds, args.worlds, args.device, verify=not args.no_verify, compile=compile)
 
     async def run() -> None:
         server = await Server.start(worlds, cfg)

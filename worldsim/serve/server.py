@@ -45,6 +45,7 @@ from worldsim.serve.sessions import (
     WorldNotFound,
 )
 from worldsim.spaces import ActionError
+from worldsim.threads import torch_thread
 from worldsim.wire import encoding as enc
 from worldsim.wire._proto import world_pb2 as pb
 from worldsim.wire._proto import world_pb2_grpc as pb_grpc
@@ -278,7 +279,11 @@ class Server:
     @classmethod
     async def start(cls, worlds: dict[str, WorldModel], cfg: ServeConfig) -> Server:
         # Each world's first step, before any client: a world with non-finite output is NOT_SERVING.
-        unhealthy = {n: why for n, w in worlds.items() if (why := await asyncio.to_thread(probe_world, w))}
+        unhealthy = {
+            n: why
+            for n, w in worlds.items()
+            if (why := await asyncio.get_running_loop().run_in_executor(torch_thread(), probe_world, w))
+        }
         hosts = {n: WorldHost(n, w, cfg.max_sessions, cfg.window_ms, cfg.rate_limit) for n, w in worlds.items()}
         guard = RequestGuard(cfg.max_message_bytes)
         server = grpc.aio.server(

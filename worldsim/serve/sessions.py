@@ -43,7 +43,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,6 +50,7 @@ import numpy as np
 
 from worldsim.engine.world import WorldModel
 from worldsim.episodes import truncated as time_limit_reached
+from worldsim.threads import on_torch_thread, torch_thread
 from worldsim.wire._proto import world_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ class WorldHost:
         self.window = window_ms / 1e3
         self.step_seconds = 0.0  # moving average of a batched step's wall time
         self.min_interval = 1.0 / rate_limit if rate_limit > 0 else 0.0
-        self.engine = world.session(batch=max_sessions, seed=0)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self.engine = on_torch_thread(world.session, batch=max_sessions, seed=0)
+        self.executor = torch_thread()  # shared by every world of the process (see worldsim.threads)
         self.sessions: dict[str, ClientSession] = {}
         self.by_row: list[str | None] = [None] * max_sessions
         self.lock = asyncio.Lock()
@@ -181,7 +181,6 @@ class WorldHost:
             if not p.future.done():
                 p.future.set_exception(SessionNotFound("the server is shutting down"))
         self.pending.clear()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args, **kwargs))

@@ -306,7 +306,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         wcfg.controls = _controls(args, spec, {}, world_def)
         init = None
         if getattr(args, "init", None) is not None:
-            init = WorldModel.load(args.init, device=device, dtype=torch.float32)
+            init = WorldModel.load(args.init, device=device, dtype=torch.float32, compile=False)
             if init.config.action_space != spec:
                 raise SystemExit(f"--init {args.init} acts in {init.config.action_space}, the data in {spec}")
             provenance["init"] = {"path": str(args.init), "provenance": init.provenance}
@@ -316,7 +316,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": run_name}[args.stage]
         if not (root / prev / "world.safetensors").exists():
             raise SystemExit(f"{args.stage} needs {root / prev / 'world.safetensors'}: train that stage first")
-        world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32)
+        world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32, compile=False)
         provenance = dict(world.provenance)
         if any(getattr(args, k, None) is not None for k in ("keys", "idle", "key_magnitude")):
             world.config.controls = _controls(args, spec, world.config.controls, world_def)
@@ -342,7 +342,9 @@ def _run_stage(args: argparse.Namespace) -> int:
         elif args.stage == "student":
             metrics = train_student(stage_cfg, world, sampler, run_dir, device, d, args.resume)
         else:
-            teacher = WorldModel.load(root / "teacher" / "world.safetensors", device=device, dtype=torch.float32)
+            teacher = WorldModel.load(
+                root / "teacher" / "world.safetensors", device=device, dtype=torch.float32, compile=False
+            )
             metrics = train_self_forcing(stage_cfg, world, teacher, sampler, run_dir, device, d, args.resume, args.mode)
             if stage_cfg.refit_heads and d.main:
                 heads_cfg = _build(HeadFitConfig, recipe.get("heads", {}), sets.get("heads", {}))
