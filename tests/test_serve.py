@@ -483,3 +483,20 @@ def test_token_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None
     assert not check.authorized([("authorization", "Basic s3cret")])
     assert not check.authorized([("authorization", "s3cret")]) and not check.authorized([])
     assert seen and all(n == (32, 32) for n in seen)
+
+
+def test_every_served_world_runs_on_the_one_torch_thread() -> None:
+    """All torch work of a server on one thread: a second OpenMP team halves both (worldsim.threads)."""
+    import threading
+
+    from worldsim.serve.sessions import WorldHost
+    from worldsim.testing import tiny_world
+    from worldsim.threads import on_torch_thread, torch_thread
+
+    def where() -> str:
+        return threading.current_thread().name
+
+    assert on_torch_thread(where).startswith("worldsim-torch")
+    assert on_torch_thread(on_torch_thread, where).startswith("worldsim-torch")  # nested: no deadlock
+    a, b = WorldHost("a", tiny_world(), max_sessions=2), WorldHost("b", tiny_world(), max_sessions=2)
+    assert a.executor is b.executor is torch_thread()
