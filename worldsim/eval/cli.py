@@ -108,6 +108,7 @@ def _command(args: argparse.Namespace) -> str:
         parts.append("--no-control")
     if args.no_divergence:
         parts.append("--no-divergence")
+    parts += [f"--sampler '{item}'" for item in getattr(args, "sampler", [])]
     return " ".join(parts)
 
 
