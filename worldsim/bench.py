@@ -199,6 +199,7 @@ def memory_over_rollout(world: WorldModel, frames: int, samples: int = 20) -> di
         if i % every == 0 or i == frames:
             now = time.perf_counter()
             points.append((i, rss_mb(), (now - t) * 1e3 / (i - (points[-1][0] if points else 0))))
+            log.info("soak: frame %d of %d, RSS %.0f MB, %.1f ms/frame", i, frames, points[-1][1], points[-1][2])
             t = now
     out["frames"] = frames
     out["rss_mb_at_end"] = rss_mb()
