@@ -186,7 +186,13 @@ class Compiled:
                     path.unlink(missing_ok=True)
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                log.info("compiling %s for this machine (once; cached in %s)", name, path.parent)
+                # A warning so that it shows by default: the first step waits for it (~40 s on 2 cores).
+                log.warning(
+                    "compiling the world's %s for this machine, once (cached in %s; %s=0 runs eager)",
+                    name,
+                    path.parent,
+                    ENV_VAR,
+                )
                 # Export needs ordinary tensors: the step runs under inference_mode, so copy out of it.
                 with torch.inference_mode(False), torch.no_grad():
                     ex = tuple(a.clone() for a in example)
