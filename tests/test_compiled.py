@@ -132,3 +132,17 @@ def test_sampler_overrides_name_the_fields() -> None:
         cfg.with_overrides(["steps=3"])
     with pytest.raises(ValueError, match="cache_pass must be one of"):
         cfg.with_overrides(["cache_pass=sometimes"])
+
+
+def test_a_corrupt_cached_package_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(compiled_mod.CACHE_ENV, str(tmp_path))
+    world = _world(True)
+    assert world.compiled is not None
+    paths = [world.compiled.package_path(n, torch.device("cpu")) for n in ("forward_kv", "decode")]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"not a package")  # e.g. a copy cut short on another machine
+    got = _rollout(world, 1, 3)
+    assert world.compiled.active
+    assert all(p.stat().st_size > 1000 for p in paths)  # rebuilt in place
+    _assert_close(got, _rollout(_world(False), 1, 3))

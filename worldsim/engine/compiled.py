@@ -145,7 +145,9 @@ class Compiled:
     """AOT-compiled ``forward_kv`` and ``decode`` of one world, with the eager fallback.
 
     ``forward_kv(...)`` and ``decode(z)`` have the signatures of ``CausalDenoiser.forward_kv``
-    (with a mask) and ``FrameCodec.decode``. ``active`` is False once compilation failed.
+    (with a mask) and ``FrameCodec.decode``. ``active`` is False once compilation failed. The
+    weights are baked into the packages at first use: after changing a world's weights in place,
+    call ``world.to_runtime(...)`` again (training loads its worlds with ``compile=False``).
     """
 
     def __init__(self, den: CausalDenoiser, frame_codec: FrameCodec) -> None:
@@ -173,9 +175,12 @@ class Compiled:
             return self._modules[name](*args)
         return fn(*(a.contiguous() for a in args))
 
+    def package_path(self, name: str, device: torch.device) -> Path:
+        """Where the compiled ``name`` (``forward_kv`` or ``decode``) of this world is cached."""
+        return cache_dir() / f"{name}-{_key(name, self._modules[name], self._configs[name])}-{device.type}.pt2"
+
     def _load(self, name: str, example: tuple[torch.Tensor, ...]) -> Any:
-        device = example[0].device
-        path = cache_dir() / f"{name}-{_key(name, self._modules[name], self._configs[name])}-{device.type}.pt2"
+        path = self.package_path(name, example[0].device)
         t0 = time.perf_counter()
         try:
             if path.exists():
