@@ -119,4 +119,6 @@ def test_headless_player_on_the_trained_world(tmp_path: Path) -> None:
     args.screenshot = tmp_path / "run.png"
     assert main(args) == 0
     video = iio.imread(tmp_path / "run.gif")
-    assert video.shape[0] == 13 and (tmp_path / "run.png").stat().st_size > 0
+    # the first frame, one per step, plus the first frame of each new episode: the retrained world's
+    # pole can fall (or the real game beside it end) within 12 frames
+    assert 13 <= video.shape[0] <= 13 + 12 and (tmp_path / "run.png").stat().st_size > 0
