@@ -204,7 +204,10 @@ class KVCache:
         if self._rotated_all is None:
             assert self._cos is not None and self._sin is not None
             self._rotated_all = apply_rope(self.k.view(D, B, H, -1, hd), self._cos, self._sin)
-        return FrameKV(ctx.q_cos, ctx.q_sin, ctx.mask, self._rotated_all, v)
+        # Contiguous once per frame (a row subset's values are a strided view; the rotary tables are
+        # expanded): the compiled pass takes dense inputs, and would otherwise copy them every pass.
+        q_cos, q_sin = ctx.q_cos.contiguous(), ctx.q_sin.contiguous()
+        return FrameKV(q_cos, q_sin, ctx.mask, self._rotated_all, v.contiguous())
 
     def write_frame(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one new frame's un-rotated K/V of every layer (depth, B, H, N, hd) and advance."""
