@@ -244,3 +244,17 @@ def test_fit_heads_learns_episode_ends_backbone_untouched() -> None:
     assert m["heads_end_recall"] >= 0.75 and m["heads_end_precision"] >= 0.75, m
     after = world.denoiser.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in backbone.items())
+
+
+def test_train_data_from_several_recordings_of_one_game(tmp_path: Path) -> None:
+    from worldsim.train.cli import _same_game
+
+    base = {"env_id": "CartPole-v1", "frameskip": 2, "crop": [160, 320, 0, 600], "action_space": {"n": 2}}
+    for name, over in (("a", {}), ("b", {}), ("c", {"frameskip": 1})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({**base, **over}))
+    assert _same_game([tmp_path / "a", tmp_path / "b"], "cartpole")["env_id"] == "CartPole-v1"
+    with pytest.raises(SystemExit, match="differ in frameskip"):
+        _same_game([tmp_path / "a", tmp_path / "c"], "cartpole")
+    with pytest.raises(SystemExit, match="worldsim record cartpole"):
+        _same_game([tmp_path / "a", tmp_path / "missing"], "cartpole")

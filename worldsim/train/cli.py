@@ -143,7 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --stage all: also train the Teacher Forcing and Diffusion Forcing baselines",
     )
-    parser.add_argument("--data", type=Path, help="recorded data folder (default data/<world>)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        help="recorded data folder(s) of one game (default data/<world>); with several, clips are drawn "
+        "from all of them alike (e.g. the main recording plus an exploration round)",
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="run folders root")
     parser.add_argument("--run-name", default=None, help="run folder name (default: the stage, or self-forcing-<mode>)")
     parser.add_argument(
@@ -195,9 +201,9 @@ def _resolve_name(args: argparse.Namespace) -> None:
     """``args.world`` from the recording's game id when it is not given."""
     if args.world:
         return
-    if args.data is None or not (args.data / "manifest.json").exists():
+    if not args.data or not (args.data[0] / "manifest.json").exists():
         raise SystemExit("name the world (`worldsim train NAME --data DIR ...`) or give --data DIR with a recording")
-    args.world = name_from_env_id(json.loads((args.data / "manifest.json").read_text())["env_id"])
+    args.world = name_from_env_id(json.loads((args.data[0] / "manifest.json").read_text())["env_id"])
     log.info("world name %r (from the recorded game's id; name it with `worldsim train NAME`)", args.world)
 
 
@@ -238,8 +244,8 @@ def _run_all(args: argparse.Namespace) -> int:
     return 0
 
 
-def _game(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, dict[str, int]]:
-    """(bundled WorldDef or None, its training recipe, the data folder, {"fps", "frameskip"}).
+def _game(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Path], dict[str, int]]:
+    """(bundled WorldDef or None, its training recipe, the data folders, {"fps", "frameskip"}).
 
     A bundled world's fps and frameskip come from its definition, any other's from the manifest
     of its recording (``worldsim record`` stores the game's ``render_fps`` / frameskip there)."""
@@ -250,16 +256,32 @@ def _game(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path, dict[str
         world_def = get_world(args.world)
         recipe = dict(world_def.train)
     except KeyError:
-        if args.data is None:
+        if not args.data:
             raise SystemExit(f"unknown world {args.world!r}: pass --data for your own recording") from None
-    data = args.data or Path("data") / args.world
-    if not (data / "manifest.json").exists():
-        raise SystemExit(f"no recorded data at {data}: run `worldsim record {args.world} --out {data}` first")
+    data = list(args.data or [Path("data") / args.world])
+    manifest = _same_game(data, args.world)
     if world_def is not None:
         return world_def, recipe, data, {"fps": int(world_def.fps), "frameskip": int(world_def.frameskip)}
-    manifest = json.loads((data / "manifest.json").read_text())
     timing = {"fps": int(round(manifest.get("fps") or 15)), "frameskip": int(manifest.get("frameskip") or 1)}
     return world_def, recipe, data, timing
+
+
+def _same_game(data: list[Path], world: str) -> dict[str, Any]:
+    """The first folder's manifest, once every folder is checked to hold a recording of the same game
+    with the same frames (game id, frameskip, crop, action space)."""
+    manifests = []
+    for d in data:
+        if not (d / "manifest.json").exists():
+            raise SystemExit(f"no recorded data at {d}: run `worldsim record {world} --out {d}` first")
+        manifests.append(json.loads((d / "manifest.json").read_text()))
+    for d, m in zip(data[1:], manifests[1:]):
+        for key in ("env_id", "frameskip", "crop", "action_space"):
+            if m.get(key) != manifests[0].get(key):
+                raise SystemExit(
+                    f"--data {data[0]} and {d} differ in {key} ({manifests[0].get(key)!r} vs {m.get(key)!r}): "
+                    "train on recordings of one game with the same frames, or train them separately"
+                )
+    return manifests[0]
 
 
 def _controls(args: argparse.Namespace, spec: Any, stored: dict[str, Any], world_def: Any) -> dict[str, Any]:
@@ -356,7 +378,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         "wall_seconds": round(wall, 1),
         "processes": d.world_size,
         "device": str(device),
-        "data": str(data),
+        "data": [str(d) for d in data],
         "train_frames": sum(len(e) for e in train_eps),
         "metrics": metrics,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
