@@ -115,3 +115,37 @@ def test_world_side_batches_do_not_change_results(cartpole, tiny_world) -> None:
     b = WorldSide(tiny_world, seed=2, batch=1).run(starts, acts)
     assert a.frames.shape == (3, 4, 64, 64, 3) and a.terminated.shape == (3, 4)
     assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
+
+
+def test_closed_loop_real_game_as_the_world_and_a_deaf_world(cartpole, tiny_world) -> None:  # type: ignore[no-untyped-def]
+    from worldsim.eval.closed_loop import closed_loop_fidelity, real_closed_loop, world_closed_loop
+    from worldsim.eval.fidelity import world_ends
+
+    wd, game, _ = cartpole
+    real = RealSide(game)
+    resets = collect_starts(game, 4, context=2, seed=200, prefix=(0, 0))
+    reader, done = wd.state_reader, wd.state_done
+    balance, wrong = wd.controllers["balance"], wd.controllers["wrong-way"]
+    # The real game against itself: equal lengths; the PD controller on read-off states balances,
+    # the wrong-way one drops the pole within frames.
+    up = real_closed_loop(real, resets, balance, reader, frames=40)
+    again = closed_loop_fidelity(
+        "balance", up, world_ends(real_closed_loop(real, resets, balance, reader, 40), None, None)[2]
+    )
+    assert again.real_full == 4 and again.world_full == 4 and again.length_ratio == 1.0
+    down = real_closed_loop(real, resets, wrong, reader, frames=40)
+    fell = closed_loop_fidelity("wrong-way", down, world_ends(down, None, None)[2])
+    assert fell.real_lengths == fell.world_lengths and max(fell.real_lengths) < 15
+    # A "world" that ignores the controller (always pushes left) fails the balancing controller.
+    deaf = real_closed_loop(real, resets, lambda s: np.zeros(len(s), np.int64), reader, frames=40)
+    bad = closed_loop_fidelity("balance", up, world_ends(deaf, reader, done)[2])
+    assert bad.world_full == 0 and bad.length_ratio < 0.3
+    # A world model runs the same loop, batched, reproducibly from its seed; its ends come from the
+    # termination head or the state read off its frames.
+    a = world_closed_loop(tiny_world, resets, balance, reader, frames=5, seed=3)
+    b = world_closed_loop(tiny_world, resets, balance, reader, frames=5, seed=3)
+    assert a.frames.shape == (4, 5, 64, 64, 3) and np.array_equal(a.frames, b.frames)
+    short = closed_loop_fidelity(
+        "balance", Branches(up.frames[:, :5], up.terminated[:, :5]), world_ends(a, reader, done)[2]
+    )
+    assert short.episodes == 4 and short.frames == 5 and all(1 <= n <= 5 for n in short.world_lengths)

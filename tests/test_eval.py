@@ -267,6 +267,7 @@ def test_eval_end_to_end(tmp_path: Path, tiny_world_path: Path, cartpole_data: P
     argv = ["eval", str(tiny_world_path), str(tiny_world_path), "--world", "cartpole", "--names", "a,b"]
     argv += ["--data", str(cartpole_data), "--episodes", "2", "--horizon", "12", "--horizons", "1,10"]
     argv += ["--control-states", "3", "--control-frames", "2", "--random-episodes", "3", "--random-frames", "5"]
+    argv += ["--closed-loop-episodes", "2", "--closed-loop-frames", "4"]
     argv += ["--out", str(out), "--seed", "0", "--device", "cpu", "--control-k", "3", "--probes", "2"]
     assert main(argv) == 0
     assert main(argv) == 2  # never over an existing report without --force (refused before any work)
@@ -292,10 +293,14 @@ def test_eval_end_to_end(tmp_path: Path, tiny_world_path: Path, cartpole_data: P
     fid = res["control_fidelity"]["a"]
     assert fid["held"]["states"] == 3 and fid["held"]["frames"] == 2 and fid["random"]["episodes"] == 3
     assert set(fid["held"]["variables"]) == {"cart_x", "pole_angle", "pixels"}
+    loop = fid["closed_loop"]
+    assert set(loop) == {"balance", "wrong-way"} and loop["balance"]["episodes"] == 2 and loop["balance"]["frames"] == 4
+    assert loop["balance"]["real_full"] == 2  # the real pole stays up for 4 frames under the PD controller
     assert set(res["control_fidelity_headline"]["a"]) >= {"pole_angle sign agreement", "termination within 2 frames"}
     text = (out / "report.md").read_text()
     assert "Control fidelity against the real game" in text and "FAIL" in text  # random weights fail the targets
     assert "FD on our codec's latents" in text and "not FID" in text and "| a |" in text
+    assert "closed loop" in text and "| wrong-way | 2 |" in text
     for f in (
         "drift.png",
         "psnr.png",
@@ -328,7 +333,7 @@ def test_eval_of_your_own_game(tmp_path: Path, tiny_world_path: Path, cartpole_d
 
     argv = ["eval", str(tiny_world_path), "--world", "my-game", "--episodes", "1", "--horizon", "6"]
     argv += ["--horizons", "1,10", "--out", str(tmp_path), "--device", "cpu", "--control-states", "2"]
-    argv += ["--control-frames", "2", "--random-episodes", "0"]
+    argv += ["--control-frames", "2", "--random-episodes", "0", "--closed-loop-episodes", "0"]
     assert main(argv) == 2
     assert "not a bundled world: pass --data" in capsys.readouterr().err
     assert main([*argv, "--data", str(cartpole_data)]) == 0
@@ -351,7 +356,7 @@ def test_eval_output_per_world_and_clipped_horizons(
     monkeypatch.chdir(tmp_path)
     argv = ["eval", str(tiny_world_path), "--world", "cartpole", "--data", str(cartpole_data), "--episodes", "1"]
     argv += ["--horizon", "200", "--horizons", "1,10,50,200", "--device", "cpu", "--no-control", "--no-divergence"]
-    argv += ["--control-states", "0", "--random-episodes", "0"]
+    argv += ["--control-states", "0", "--random-episodes", "0", "--closed-loop-episodes", "0"]
     assert main(argv) == 0
     res = json.loads((tmp_path / "eval" / "cartpole" / "results.json").read_text())
     assert res["meta"]["horizon"] == 23 and res["meta"]["horizons"] == [1, 10]  # 25 frames, 2 of them context
@@ -366,6 +371,7 @@ def test_eval_only_control_needs_no_recording(tmp_path: Path, tiny_world_path: P
     out = tmp_path / "ctl"
     argv = ["eval", str(tiny_world_path), "--world", "cartpole", "--only-control", "--control-states", "2"]
     argv += ["--control-frames", "2", "--random-episodes", "2", "--random-frames", "4", "--out", str(out)]
+    argv += ["--closed-loop-episodes", "0"]
     assert main([*argv, "--device", "cpu"]) == 0
     assert main([*argv, "--device", "cpu"]) == 2
     assert main([*argv, "--device", "cpu", "--force"]) == 0

@@ -258,3 +258,22 @@ def test_train_data_from_several_recordings_of_one_game(tmp_path: Path) -> None:
         _same_game([tmp_path / "a", tmp_path / "c"], "cartpole")
     with pytest.raises(SystemExit, match="worldsim record cartpole"):
         _same_game([tmp_path / "a", tmp_path / "missing"], "cartpole")
+
+
+def test_guidance_stage_distils_the_guided_prediction(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from worldsim.train.guidance import GuidanceDistillConfig, GuidanceDistillError, train_guidance
+
+    seed_everything(0)
+    world, sampler = latent_world
+    world = copy.deepcopy(world)
+    cfg = GuidanceDistillConfig(steps=60, batch=4, clip_len=6, lr=3e-3, warmup=5, save_every=1000)
+    with pytest.raises(GuidanceDistillError, match="guidance_scale"):  # nothing to distil at 1.0
+        train_guidance(cfg, world, FixedSampler(sampler, 4), tmp_path / "none", CPU, Dist())  # type: ignore[arg-type]
+    world.config.sampler = dataclasses.replace(world.config.sampler, guidance_scale=3.0)
+    out = train_guidance(cfg, world, FixedSampler(sampler, 4), tmp_path, CPU, Dist())  # type: ignore[arg-type]
+    losses = _losses(tmp_path)
+    # At step 0 the model is its own target: the loss is the guided-vs-conditional gap, (g-1)^2 |v_c - v_u|^2.
+    assert losses[0] > 0 and np.mean(losses[-2:]) < losses[0] * 0.5, losses
+    assert world.config.sampler.guidance_scale == 1.0 and out["guidance_distilled_scale"] == 3.0

@@ -76,6 +76,10 @@ class WorldDef:
     state_done: Callable[[np.ndarray], np.ndarray] | None = None
     """states (T, K) from the reader -> (T,) bool: the real game ends there (its bounds), e.g.
     CartPole's |x| > 2.4 or |angle| > 0.2095; control fidelity ends world episodes with it."""
+    controllers: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    """Closed-loop controllers on the reader's state, by name: (B, 2, K) read states (the previous
+    frame's, this frame's; NaN where unreadable) -> (B,) actions. ``worldsim eval`` plays each in the
+    real game and in the world and compares episode lengths (:mod:`worldsim.eval.closed_loop`)."""
     train: dict[str, Any] = field(default_factory=dict)
     """Per-stage config overrides for ``worldsim train`` (``{"codec": {...}, "teacher": {...}}``)."""
     directory: Path = Path(".")

@@ -10,7 +10,7 @@ played at 25 fps, i.e. real time.
 from worldsim.data.policies import Exploration
 from worldsim.worlds import RecordRecipe, WorldDef
 
-from .reader import read_state, state_done, true_state
+from .reader import balance, read_state, state_done, true_state, wrong_way
 
 WORLD = WorldDef(
     name="cartpole",
@@ -41,6 +41,9 @@ WORLD = WorldDef(
     state_ranges={"cart_x": (-2.4, 2.4), "pole_angle": (-0.21, 0.21)},
     true_state=true_state,
     state_done=state_done,
+    # Closed-loop control fidelity (worldsim eval): the real pole stays up under `balance` and falls
+    # within frames under `wrong_way`; a world that obeys the controls does the same.
+    controllers={"balance": balance, "wrong-way": wrong_way},
     # The recipe `worldsim train cartpole --stage all --baselines` runs on a 2-core CPU (~2 h in all). The
     # shipped file was warm-started from the previous world, fine-tuned on random play and sampled with
     # action guidance 3.0: the exact commands are in README.md (this folder).

@@ -56,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--random-frames", type=int, default=60, help="control fidelity: frames per random episode")
     parser.add_argument(
+        "--closed-loop-episodes",
+        type=int,
+        default=16,
+        help="closed-loop control fidelity: episodes per controller of the world (WorldDef.controllers; 0: skip)",
+    )
+    parser.add_argument(
+        "--closed-loop-frames", type=int, default=250, help="closed-loop control fidelity: frames per episode (cap)"
+    )
+    parser.add_argument(
         "--only-control",
         action="store_true",
         help="only control fidelity against the real game (a bundled world; no recorded data needed)",
@@ -100,7 +109,8 @@ def _command(args: argparse.Namespace) -> str:
         f"--split {args.split} --episodes {args.episodes} --horizon {args.horizon} --horizons {args.horizons}",
         f"--out {args.out or default_out(args.world)} --seed {args.seed}",
         f"--control-states {args.control_states} --control-frames {args.control_frames}"
-        f" --random-episodes {args.random_episodes} --random-frames {args.random_frames}",
+        f" --random-episodes {args.random_episodes} --random-frames {args.random_frames}"
+        f" --closed-loop-episodes {args.closed_loop_episodes} --closed-loop-frames {args.closed_loop_frames}",
     ]
     if args.only_control:
         parts.append("--only-control")
@@ -129,15 +139,17 @@ def _config(args: argparse.Namespace, device: str) -> Any:
     horizons = tuple(sorted({int(h) for h in str(args.horizons).split(",") if h.strip()}))
     if args.horizon < 1 or args.episodes < 1 or any(h < 1 for h in horizons):
         raise ValueError("--horizon, --episodes and --horizons must be >= 1")
-    if min(args.control_states, args.random_episodes, args.control_frames - 1, args.random_frames - 1) < 0:
+    counts = (args.control_states, args.random_episodes, args.closed_loop_episodes)
+    if min(*counts, args.control_frames - 1, args.random_frames - 1, args.closed_loop_frames - 1) < 0:
         raise ValueError(
-            "--control-states and --random-episodes must be >= 0, --control-frames and --random-frames >= 1"
+            "--control-states, --random-episodes and --closed-loop-episodes must be >= 0, "
+            "--control-frames, --random-frames and --closed-loop-frames >= 1"
         )
     return EvalConfig(
         args.world, args.horizon, horizons, args.batch, args.seed, args.tol, not args.only_control,
         args.control_k, args.probes, args.control_actions, not args.no_control, not args.no_divergence,
         args.perturb, args.control_states, args.control_frames, args.random_episodes, args.random_frames,
-        _command(args), device,
+        args.closed_loop_episodes, args.closed_loop_frames, _command(args), device,
     )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,10 @@ import torch
 
 from worldsim.engine.world import WorldModel
 from worldsim.eval import stats
+from worldsim.eval.closed_loop import ClosedLoopFidelity, closed_loop_fidelity, real_closed_loop, world_closed_loop
 from worldsim.eval.control import RealSide, WorldSide, collect_starts, held_runs, probe_actions, random_runs
 from worldsim.eval.episodes import EvalEpisode, max_horizon, reference
-from worldsim.eval.fidelity import ControlFidelity, held_fidelity, random_fidelity, targets
+from worldsim.eval.fidelity import ControlFidelity, held_fidelity, random_fidelity, targets, world_ends
 from worldsim.eval.results import ControlProbes, EpisodeSet, EvalConfig, EvalResult, ModelInfo
 from worldsim.eval.rollout import Generated, rollout
 from worldsim.real import GameSpec, RealGame
@@ -56,12 +57,16 @@ class Game:
     state_names: tuple[str, ...] = ()
     true_state: Callable[[Any], np.ndarray] | None = None
     state_done: Callable[[np.ndarray], np.ndarray] | None = None
+    controllers: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_world(cls, world_def: Any) -> Game:
         """From a bundled ``WorldDef``."""
         wd = world_def
-        return cls(GameSpec.from_world(wd), wd.state_reader, tuple(wd.state_names), wd.true_state, wd.state_done)
+        return cls(
+            GameSpec.from_world(wd), wd.state_reader, tuple(wd.state_names), wd.true_state, wd.state_done,
+            dict(wd.controllers),
+        )  # fmt: skip
 
 
 def codec_fingerprint(world: Any) -> str:
@@ -132,7 +137,11 @@ def evaluate(
                 _divergence(ev, episodes, game, real)
         elif config.rollouts:
             ev.notes.append("no recorded episodes: rollouts, control probes and divergence were skipped")
-        if config.control_states > 0 or config.random_episodes > 0:
+        if (
+            config.control_states > 0
+            or config.random_episodes > 0
+            or (config.closed_loop_episodes > 0 and game.controllers)
+        ):
             _fidelity(ev, worlds, game, real)
     finally:
         real.close()
@@ -246,6 +255,8 @@ def _fidelity(ev: EvalResult, worlds: dict[str, WorldModel], game: Game, real: R
     with _timed(ev, "control fidelity: start states"):
         starts = collect_starts(real, c.control_states, K, seed=c.seed + 1) if c.control_states > 0 else []
         resets = collect_starts(real, c.random_episodes, K, seed=c.seed + 50_000, prefix=(0, 0))
+        n_loop = c.closed_loop_episodes if game.controllers else 0
+        loop_starts = collect_starts(real, n_loop, K, seed=c.seed + 70_000, prefix=(0, 0)) if n_loop else []
     if not game.reader:
         ev.notes.append("the world has no state reader: control fidelity is measured on pixels")
     world_name = ev.config.world
@@ -260,9 +271,34 @@ def _fidelity(ev: EvalResult, worlds: dict[str, WorldModel], game: Game, real: R
             if resets:
                 rr = random_runs(side, real_side, resets, spec, c.random_frames, seed=c.seed + 7)
                 fid.random = random_fidelity(rr, game.reader, game.state_done, c.tol)
+        if loop_starts and game.reader is not None:
+            with _timed(ev, f"closed loop {n}"):
+                fid.closed_loop = _closed_loop(w, real_side, loop_starts, game, c)
         fid.targets = targets(fid, world_name)
         fid.seconds = {"total": ev.timings[f"control fidelity {n}"]}
         ev.fidelity[n] = fid
+
+
+def _closed_loop(
+    w: WorldModel, real_side: RealSide, starts: list[Any], game: Game, c: EvalConfig
+) -> dict[str, ClosedLoopFidelity]:
+    """Every controller of the game, closed loop in the real game and in world ``w`` from the same resets."""
+    assert game.reader is not None
+    out = {}
+    for name, ctl in game.controllers.items():
+        with _bar(2 * len(starts), f"closed loop {name}", "episode") as bar:
+            real_b = real_closed_loop(real_side, starts, ctl, game.reader, c.closed_loop_frames)
+            bar.update(len(starts))
+            world_b = world_closed_loop(w, starts, ctl, game.reader, c.closed_loop_frames, seed=c.seed)
+            bar.update(len(starts))
+        out[name] = closed_loop_fidelity(name, real_b, world_ends(world_b, game.reader, game.state_done)[2])
+        log.info(
+            "closed loop %s: median episode length real %.0f, world %.0f",
+            name,
+            out[name].median_real,
+            out[name].median_world,
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- helpers on frames

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.eval.closed_loop import ClosedLoopFidelity
 from worldsim.eval.control import Branches, HeldRuns, RandomRuns, first_true
 
 Reader = Callable[[np.ndarray], np.ndarray]
@@ -102,6 +103,8 @@ class ControlFidelity:
     state_names: list[str]
     held: HeldFidelity | None = None
     random: RandomFidelity | None = None
+    closed_loop: dict[str, ClosedLoopFidelity] = field(default_factory=dict)
+    """Per controller of the world (``WorldDef.controllers``), see :mod:`worldsim.eval.closed_loop`."""
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -212,22 +215,32 @@ def _within(a: np.ndarray, real: np.ndarray, mask: np.ndarray, tol: int = 2) -> 
     return float((np.abs(a - real) <= tol)[ok].sum() / mask.sum()) if mask.any() else math.nan
 
 
+def world_ends(
+    world: Branches, reader: Reader | None, state_done: StateDone | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M,) 1-based first frames (0 = none) where the world's episode ends: by its termination head,
+    by the state read off its frames crossing the game's bounds (0s without a rule), and either."""
+    M, T = world.terminated.shape
+    head_end = first_true(world.terminated)
+    state_end = np.zeros(M, np.int64)
+    if reader is not None and state_done is not None:
+        ws = _read(reader, world.frames)
+        state_end = first_true(np.asarray(state_done(ws.reshape(M * T, -1)), bool).reshape(M, T))
+    ends = np.stack([head_end, state_end])
+    return head_end, state_end, np.where((ends > 0).any(0), np.where(ends > 0, ends, T + 1).min(0), 0)
+
+
 def random_fidelity(
     runs: RandomRuns, reader: Reader | None, state_done: StateDone | None, tol: int = 2
 ) -> RandomFidelity:
     """Episode lengths and end timing under random actions (see the module doc)."""
     M, T = runs.actions.shape[:2]
     real_end = first_true(runs.real.terminated)
-    head_end = first_true(runs.world.terminated)
-    state_end = np.zeros(M, np.int64)
+    head_end, state_end, world_end = world_ends(runs.world, reader, state_done)
     reader_end: np.ndarray | None = None
     if reader is not None and state_done is not None:
-        ws = _read(reader, runs.world.frames)
-        state_end = first_true(np.asarray(state_done(ws.reshape(M * T, -1)), bool).reshape(M, T))
         rs = _read(reader, runs.real.frames)
         reader_end = first_true(np.asarray(state_done(rs.reshape(M * T, -1)), bool).reshape(M, T))
-    ends = np.stack([head_end, state_end])
-    world_end = np.where((ends > 0).any(0), np.where(ends > 0, ends, T + 1).min(0), 0)
     real_len, world_len = np.where(real_end > 0, real_end, T), np.where(world_end > 0, world_end, T)
     ended = real_end > 0
     return RandomFidelity(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.eval.closed_loop import ClosedLoopFidelity
 from worldsim.eval.fidelity import HeldFidelity, RandomFidelity
 from worldsim.eval.plots import _label
 from worldsim.eval.results import EvalResult, ModelScores
@@ -325,6 +326,25 @@ def _random_table(name: str, r: RandomFidelity) -> list[str]:
     return [*lines, ""]
 
 
+def _closed_loop_table(name: str, loops: dict[str, ClosedLoopFidelity]) -> list[str]:
+    def q(x: list[int]) -> str:
+        return " / ".join(_fmt(float(v), 1) for v in np.percentile(x, [25, 50, 75])) if x else "-"
+
+    lines = [
+        f"#### {name}: closed loop (a controller acting on the state read off each side's own frames)",
+        "",
+        "| controller | episodes | real: length quartiles | real: full runs | world: length quartiles | world: full runs "
+        "| median world / real |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in loops.values():
+        lines.append(
+            f"| {c.controller} | {c.episodes} | {q(c.real_lengths)} | {c.real_full} of {c.episodes} "
+            f"| {q(c.world_lengths)} | {c.world_full} of {c.episodes} | {_fmt(c.length_ratio)} |"
+        )
+    return [*lines, f"(runs of up to {next(iter(loops.values())).frames} frames)", ""]
+
+
 def fidelity_section(ev: EvalResult) -> list[str]:
     """Control fidelity against the real game: targets, held actions, random actions, plots."""
     if not ev.fidelity:
@@ -335,6 +355,8 @@ def fidelity_section(ev: EvalResult) -> list[str]:
             lines += _held_tables(name, fid.held)
         if fid.random is not None:
             lines += _random_table(name, fid.random)
+        if fid.closed_loop:
+            lines += _closed_loop_table(name, fid.closed_loop)
         lines += [f"![control fidelity {name}](control_fidelity_{name}.png)", ""]
     return lines
 
@@ -354,6 +376,10 @@ FIDELITY_DEFINITIONS = [
     " including the end; the world ends where its termination head fires or its read-off state crosses the"
     " game's bounds (the world's `state_done`), whichever comes first; episodes not ended count as the run's"
     " length.",
+    "- Closed loop: each controller of the world (`WorldDef.controllers`) acts on the state read off the last two"
+    " frames of its own side, from the same reset states in the real game and in the world; episode lengths as"
+    " for random actions. A world that obeys the controls lets a balancing controller balance and a wrong-way"
+    " one fail, as the real game does.",
 ]
 
 

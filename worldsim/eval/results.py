@@ -40,6 +40,9 @@ class EvalConfig:
     random_episodes: int = 50
     """Control fidelity: random-action episodes from reset states (0: skip)."""
     random_frames: int = 60
+    closed_loop_episodes: int = 16
+    """Closed-loop control fidelity: episodes per controller of the world, from reset states (0: skip)."""
+    closed_loop_frames: int = 250
     command: str = ""
     device: str = "cpu"
 

@@ -54,6 +54,7 @@ from worldsim.model.codec import CodecConfig
 from worldsim.model.denoiser import DenoiserConfig
 from worldsim.train.codec_stage import CodecTrainConfig, train_codec
 from worldsim.train.data import ClipSampler, encode_episodes, load_aligned
+from worldsim.train.guidance import GuidanceDistillConfig, GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.loop import init_distributed, seed_everything
 from worldsim.train.self_forcing import SelfForcingConfig, train_self_forcing
@@ -69,6 +70,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "student": StudentTrainConfig,
     "self_forcing": SelfForcingConfig,
     "heads": HeadFitConfig,
+    "guidance": GuidanceDistillConfig,
 }
 MODEL_CONFIGS: dict[str, type] = {
     "model.codec": CodecConfig,
@@ -132,11 +134,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stage",
-        choices=(*STAGES, "heads", "all"),
+        choices=(*STAGES, "heads", "guidance", "all"),
         required=True,
         help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones "
         "unless --force); "
-        "`heads` re-fits a finished self-forcing run's reward/termination heads",
+        "`heads` re-fits a finished self-forcing run's reward/termination heads; "
+        "`guidance` distils a world's action guidance into its denoiser, so it samples one row per row "
+        "(the world from --init, default the self-forcing run's)",
     )
     parser.add_argument(
         "--baselines",
@@ -176,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="WORLD.safetensors",
         help="codec stage: start from this world instead of random weights (same game and frames): its codec is "
         "fine-tuned for the codec stage's steps (0 keeps it as it is) and its denoiser becomes the teacher's "
-        "starting point; e.g. retrain a world on new recordings",
+        "starting point; e.g. retrain a world on new recordings. guidance stage: the world to distil",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field"
@@ -335,10 +339,15 @@ def _run_stage(args: argparse.Namespace) -> int:
         world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume, init)
         world.start_frames, world.start_actions = start_clips(val_eps + train_eps, wcfg.context_frames)
     else:
-        prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": run_name}[args.stage]
-        if not (root / prev / "world.safetensors").exists():
-            raise SystemExit(f"{args.stage} needs {root / prev / 'world.safetensors'}: train that stage first")
-        world = WorldModel.load(root / prev / "world.safetensors", device=device, dtype=torch.float32, compile=False)
+        prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": run_name}.get(
+            args.stage, sf_name
+        )
+        src = root / prev / "world.safetensors"
+        if args.stage == "guidance" and getattr(args, "init", None) is not None:
+            src = args.init
+        if not Path(src).exists():
+            raise SystemExit(f"{args.stage} needs {src}: train that stage first")
+        world = WorldModel.load(src, device=device, dtype=torch.float32, compile=False)
         provenance = dict(world.provenance)
         if any(getattr(args, k, None) is not None for k in ("keys", "idle", "key_magnitude")):
             world.config.controls = _controls(args, spec, world.config.controls, world_def)
@@ -361,6 +370,11 @@ def _run_stage(args: argparse.Namespace) -> int:
         elif args.stage == "teacher":
             metrics = train_teacher(stage_cfg, world, sampler, run_dir, device, d, args.resume)
             world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), guidance_scale=1.5)
+        elif args.stage == "guidance":
+            try:
+                metrics = train_guidance(stage_cfg, world, sampler, run_dir, device, d, args.resume)
+            except GuidanceDistillError as e:
+                raise SystemExit(f"worldsim train --stage guidance: {e}") from None
         elif args.stage == "student":
             metrics = train_student(stage_cfg, world, sampler, run_dir, device, d, args.resume)
         else:
