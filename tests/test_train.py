@@ -247,17 +247,17 @@ def test_fit_heads_learns_episode_ends_backbone_untouched() -> None:
 
 
 def test_train_data_from_several_recordings_of_one_game(tmp_path: Path) -> None:
-    from worldsim.train.cli import _same_game
+    from worldsim.train.data import same_game
 
     base = {"env_id": "CartPole-v1", "frameskip": 2, "crop": [160, 320, 0, 600], "action_space": {"n": 2}}
     for name, over in (("a", {}), ("b", {}), ("c", {"frameskip": 1})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text(json.dumps({**base, **over}))
-    assert _same_game([tmp_path / "a", tmp_path / "b"], "cartpole")["env_id"] == "CartPole-v1"
-    with pytest.raises(SystemExit, match="differ in frameskip"):
-        _same_game([tmp_path / "a", tmp_path / "c"], "cartpole")
-    with pytest.raises(SystemExit, match="worldsim record cartpole"):
-        _same_game([tmp_path / "a", tmp_path / "missing"], "cartpole")
+    assert same_game([tmp_path / "a", tmp_path / "b"], "cartpole")["env_id"] == "CartPole-v1"
+    with pytest.raises(ValueError, match="differ in frameskip"):
+        same_game([tmp_path / "a", tmp_path / "c"], "cartpole")
+    with pytest.raises(ValueError, match="worldsim record cartpole"):
+        same_game([tmp_path / "a", tmp_path / "missing"], "cartpole")
 
 
 def test_guidance_stage_distils_the_guided_prediction(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from worldsim.engine.world import WorldConfig, WorldModel, default_device
 from worldsim.model.codec import CodecConfig
 from worldsim.model.denoiser import DenoiserConfig
 from worldsim.train.codec_stage import CodecTrainConfig, train_codec
-from worldsim.train.data import ClipSampler, encode_episodes, load_aligned
+from worldsim.train.data import ClipSampler, encode_episodes, load_aligned, same_game
 from worldsim.train.guidance import GuidanceDistillConfig, GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.loop import init_distributed, seed_everything
@@ -263,29 +264,14 @@ def _game(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Path], di
         if not args.data:
             raise SystemExit(f"unknown world {args.world!r}: pass --data for your own recording") from None
     data = list(args.data or [Path("data") / args.world])
-    manifest = _same_game(data, args.world)
+    try:
+        manifest = same_game(data, args.world)
+    except ValueError as e:
+        raise SystemExit(f"worldsim train: {e}") from None
     if world_def is not None:
         return world_def, recipe, data, {"fps": int(world_def.fps), "frameskip": int(world_def.frameskip)}
     timing = {"fps": int(round(manifest.get("fps") or 15)), "frameskip": int(manifest.get("frameskip") or 1)}
     return world_def, recipe, data, timing
-
-
-def _same_game(data: list[Path], world: str) -> dict[str, Any]:
-    """The first folder's manifest, once every folder is checked to hold a recording of the same game
-    with the same frames (game id, frameskip, crop, action space)."""
-    manifests = []
-    for d in data:
-        if not (d / "manifest.json").exists():
-            raise SystemExit(f"no recorded data at {d}: run `worldsim record {world} --out {d}` first")
-        manifests.append(json.loads((d / "manifest.json").read_text()))
-    for d, m in zip(data[1:], manifests[1:]):
-        for key in ("env_id", "frameskip", "crop", "action_space"):
-            if m.get(key) != manifests[0].get(key):
-                raise SystemExit(
-                    f"--data {data[0]} and {d} differ in {key} ({manifests[0].get(key)!r} vs {m.get(key)!r}): "
-                    "train on recordings of one game with the same frames, or train them separately"
-                )
-    return manifests[0]
 
 
 def _controls(args: argparse.Namespace, spec: Any, stored: dict[str, Any], world_def: Any) -> dict[str, Any]:
@@ -300,6 +286,27 @@ def _controls(args: argparse.Namespace, spec: Any, stored: dict[str, Any], world
     except ValueError as e:
         raise SystemExit(f"worldsim train: {e}") from None
     return ctl
+
+
+@dataclass
+class _Stage:
+    """What every stage of one ``worldsim train`` process shares."""
+
+    args: argparse.Namespace
+    d: Any  # worldsim.train.loop.Dist
+    device: torch.device
+    sets: dict[str, dict[str, Any]]
+    world_def: Any
+    recipe: dict[str, Any]
+    data: list[Path]
+    timing: dict[str, int]
+    cfg: Any  # the stage's config dataclass
+    root: Path
+    sf_name: str
+    run_dir: Path
+    train_eps: list[Any]
+    val_eps: list[Any]
+    spec: Any
 
 
 def _run_stage(args: argparse.Namespace) -> int:
@@ -319,97 +326,113 @@ def _run_stage(args: argparse.Namespace) -> int:
     root = args.runs / args.world
     sf_name = "self-forcing" if args.mode == "self" else f"self-forcing-{args.mode}"
     run_name = args.run_name or (args.stage if args.stage not in ("self-forcing", "heads") else sf_name)
-    run_dir = root / run_name
     seed_everything(getattr(stage_cfg, "seed", 0) + d.rank)
     t0 = time.time()
     train_eps, spec = load_aligned(data, "train")
     val_eps, _ = load_aligned(data, "val")
-    provenance: dict[str, Any] = {}
+    st = _Stage(
+        args, d, device, sets, world_def, recipe, data, timing, stage_cfg, root, sf_name, root / run_name,
+        train_eps, val_eps, spec,
+    )  # fmt: skip
+    world, metrics, provenance = _codec_stage(st) if args.stage == "codec" else _later_stage(st)
+    _save(st, world, metrics, provenance, time.time() - t0)
+    return 0
 
-    if args.stage == "codec":
-        wcfg = world_config(args.world, spec, timing["fps"], recipe, sets)
-        wcfg.frameskip = timing["frameskip"]
-        wcfg.controls = _controls(args, spec, {}, world_def)
-        init = None
-        if getattr(args, "init", None) is not None:
-            init = WorldModel.load(args.init, device=device, dtype=torch.float32, compile=False)
-            if init.config.action_space != spec:
-                raise SystemExit(f"--init {args.init} acts in {init.config.action_space}, the data in {spec}")
-            provenance["init"] = {"path": str(args.init), "provenance": init.provenance}
-        world, metrics = train_codec(stage_cfg, wcfg, train_eps, val_eps, run_dir, device, d, args.resume, init)
-        world.start_frames, world.start_actions = start_clips(val_eps + train_eps, wcfg.context_frames)
+
+def _codec_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, Any]]:
+    args, provenance = st.args, {}
+    wcfg = world_config(args.world, st.spec, st.timing["fps"], st.recipe, st.sets)
+    wcfg.frameskip = st.timing["frameskip"]
+    wcfg.controls = _controls(args, st.spec, {}, st.world_def)
+    init = None
+    if getattr(args, "init", None) is not None:
+        init = WorldModel.load(args.init, device=st.device, dtype=torch.float32, compile=False)
+        if init.config.action_space != st.spec:
+            raise SystemExit(f"--init {args.init} acts in {init.config.action_space}, the data in {st.spec}")
+        provenance["init"] = {"path": str(args.init), "provenance": init.provenance}
+    world, metrics = train_codec(st.cfg, wcfg, st.train_eps, st.val_eps, st.run_dir, st.device, st.d, args.resume, init)
+    world.start_frames, world.start_actions = start_clips(st.val_eps + st.train_eps, wcfg.context_frames)
+    return world, metrics, provenance
+
+
+def _stage_input(st: _Stage) -> WorldModel:
+    """The world a later stage starts from: the previous stage's (``--init`` for guidance), set up for it."""
+    args = st.args
+    prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": st.run_dir.name}
+    src = st.root / prev.get(args.stage, st.sf_name) / "world.safetensors"
+    if args.stage == "guidance" and getattr(args, "init", None) is not None:
+        src = args.init
+    if not Path(src).exists():
+        raise SystemExit(f"{args.stage} needs {src}: train that stage first")
+    world = WorldModel.load(src, device=st.device, dtype=torch.float32, compile=False)
+    if any(getattr(args, k, None) is not None for k in ("keys", "idle", "key_magnitude")):
+        world.config.controls = _controls(args, st.spec, world.config.controls, st.world_def)
+    if args.stage == "student":
+        # The teacher checkpoint carries its many-step sampler; the student gets the few-step one.
+        world.config.sampler = _build(
+            SamplerConfig, st.recipe.get("model.sampler", {}), st.sets.get("model.sampler", {})
+        )
+    if "model.cache" in st.sets:
+        world.config.cache = _build(CacheConfig, dataclasses.asdict(world.config.cache), st.sets.get("model.cache", {}))
+    return world
+
+
+def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, Any]]:
+    args, cfg, d, device = st.args, st.cfg, st.d, st.device
+    world = _stage_input(st)
+    provenance = dict(world.provenance)
+    lat_train = encode_episodes(world.codec, st.train_eps, device)
+    sampler = ClipSampler(lat_train, cfg.clip_len, seed=cfg.seed + d.rank, term_boost=getattr(cfg, "term_boost", 0.0))
+    if args.stage == "heads":
+        metrics = fit_heads(cfg, world.denoiser, lat_train, encode_episodes(world.codec, st.val_eps, device), device)
+    elif args.stage == "teacher":
+        metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume)
+        world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), guidance_scale=1.5)
+    elif args.stage == "guidance":
+        try:
+            metrics = train_guidance(cfg, world, sampler, st.run_dir, device, d, args.resume)
+        except GuidanceDistillError as e:
+            raise SystemExit(f"worldsim train --stage guidance: {e}") from None
+    elif args.stage == "student":
+        metrics = train_student(cfg, world, sampler, st.run_dir, device, d, args.resume)
     else:
-        prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": run_name}.get(
-            args.stage, sf_name
+        teacher = WorldModel.load(
+            st.root / "teacher" / "world.safetensors", device=device, dtype=torch.float32, compile=False
         )
-        src = root / prev / "world.safetensors"
-        if args.stage == "guidance" and getattr(args, "init", None) is not None:
-            src = args.init
-        if not Path(src).exists():
-            raise SystemExit(f"{args.stage} needs {src}: train that stage first")
-        world = WorldModel.load(src, device=device, dtype=torch.float32, compile=False)
-        provenance = dict(world.provenance)
-        if any(getattr(args, k, None) is not None for k in ("keys", "idle", "key_magnitude")):
-            world.config.controls = _controls(args, spec, world.config.controls, world_def)
-        if args.stage == "student":
-            # The teacher checkpoint carries its many-step sampler; the student gets the few-step one.
-            world.config.sampler = _build(SamplerConfig, recipe.get("model.sampler", {}), sets.get("model.sampler", {}))
-        if "model.cache" in sets:
-            world.config.cache = _build(
-                CacheConfig, dataclasses.asdict(world.config.cache), sets.get("model.cache", {})
-            )
-        lat_train = encode_episodes(world.codec, train_eps, device)
-        clip_len = stage_cfg.clip_len
-        sampler = ClipSampler(
-            lat_train, clip_len, seed=stage_cfg.seed + d.rank, term_boost=getattr(stage_cfg, "term_boost", 0.0)
-        )
-        if args.stage == "heads":
-            metrics = fit_heads(
-                stage_cfg, world.denoiser, lat_train, encode_episodes(world.codec, val_eps, device), device
-            )
-        elif args.stage == "teacher":
-            metrics = train_teacher(stage_cfg, world, sampler, run_dir, device, d, args.resume)
-            world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), guidance_scale=1.5)
-        elif args.stage == "guidance":
-            try:
-                metrics = train_guidance(stage_cfg, world, sampler, run_dir, device, d, args.resume)
-            except GuidanceDistillError as e:
-                raise SystemExit(f"worldsim train --stage guidance: {e}") from None
-        elif args.stage == "student":
-            metrics = train_student(stage_cfg, world, sampler, run_dir, device, d, args.resume)
-        else:
-            teacher = WorldModel.load(
-                root / "teacher" / "world.safetensors", device=device, dtype=torch.float32, compile=False
-            )
-            metrics = train_self_forcing(stage_cfg, world, teacher, sampler, run_dir, device, d, args.resume, args.mode)
-            if stage_cfg.refit_heads and d.main:
-                heads_cfg = _build(HeadFitConfig, recipe.get("heads", {}), sets.get("heads", {}))
-                lat_val = encode_episodes(world.codec, val_eps, device)
-                metrics.update(fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device))
-    wall = time.time() - t0
+        metrics = train_self_forcing(cfg, world, teacher, sampler, st.run_dir, device, d, args.resume, args.mode)
+        if cfg.refit_heads and d.main:
+            heads_cfg = _build(HeadFitConfig, st.recipe.get("heads", {}), st.sets.get("heads", {}))
+            lat_val = encode_episodes(world.codec, st.val_eps, device)
+            metrics.update(fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device))
+    return world, metrics, provenance
+
+
+def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: dict[str, Any], wall: float) -> None:
+    """The stage's world with its provenance, its summary, and (``--export``) the bundled copy."""
+    args = st.args
     provenance[args.stage if args.mode == "self" else f"{args.stage}-{args.mode}"] = {
-        "config": to_jsonable(stage_cfg),
+        "config": to_jsonable(st.cfg),
         "wall_seconds": round(wall, 1),
-        "processes": d.world_size,
-        "device": str(device),
-        "data": [str(d) for d in data],
-        "train_frames": sum(len(e) for e in train_eps),
+        "processes": st.d.world_size,
+        "device": str(st.device),
+        "data": [str(p) for p in st.data],
+        "train_frames": sum(len(e) for e in st.train_eps),
         "metrics": metrics,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,
     }
-    if d.main:
-        out = run_dir / "world.safetensors"
-        world.save(out, provenance)
-        summary = "summary.json" if args.stage != "heads" else "summary-heads.json"
-        (run_dir / summary).write_text(json.dumps({"wall_seconds": wall, **metrics}, indent=2))
-        log.info("%s done in %.1f min: %s -> %s", args.stage, wall / 60, json.dumps(metrics), out)
-        if args.export:
-            if world_def is None:
-                raise SystemExit("--export needs a bundled world")
-            shutil.copyfile(out, world_def.checkpoint)
-            log.info("exported to %s", world_def.checkpoint)
-    return 0
+    if not st.d.main:
+        return
+    out = st.run_dir / "world.safetensors"
+    world.save(out, provenance)
+    summary = "summary.json" if args.stage != "heads" else "summary-heads.json"
+    (st.run_dir / summary).write_text(json.dumps({"wall_seconds": wall, **metrics}, indent=2))
+    log.info("%s done in %.1f min: %s -> %s", args.stage, wall / 60, json.dumps(metrics), out)
+    if args.export:
+        if st.world_def is None:
+            raise SystemExit("--export needs a bundled world")
+        shutil.copyfile(out, st.world_def.checkpoint)
+        log.info("exported to %s", st.world_def.checkpoint)
 
 
 def start_clips(eps: list[Any], K: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

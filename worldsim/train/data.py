@@ -12,10 +12,12 @@ The denoiser trains on latents, so episodes are encoded once by the codec and ke
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +75,24 @@ def load_aligned(dirs: str | Path | Sequence[str | Path], split: str | None) -> 
         raise ValueError(f"no {split} episodes in {dirs}")
     log.info("loaded %d %s episodes, %d frames", len(eps), split, sum(len(e) for e in eps))
     return eps, spec
+
+
+def same_game(dirs: Sequence[Path], world: str) -> dict[str, Any]:
+    """The first folder's manifest, once every folder is checked to hold a recording of the same game
+    with the same frames (game id, frameskip, crop, action space); ValueError naming the fix."""
+    manifests = []
+    for d in dirs:
+        if not (Path(d) / "manifest.json").exists():
+            raise ValueError(f"no recorded data at {d}: run `worldsim record {world} --out {d}` first")
+        manifests.append(json.loads((Path(d) / "manifest.json").read_text()))
+    for d, m in zip(dirs[1:], manifests[1:]):
+        for key in ("env_id", "frameskip", "crop", "action_space"):
+            if m.get(key) != manifests[0].get(key):
+                raise ValueError(
+                    f"--data {dirs[0]} and {d} differ in {key} ({manifests[0].get(key)!r} vs {m.get(key)!r}): "
+                    "train on recordings of one game with the same frames, or train them separately"
+                )
+    return manifests[0]
 
 
 @torch.no_grad()
