@@ -120,3 +120,26 @@ def test_coverage_counts_bins_of_the_declared_range() -> None:
     states = np.stack([np.linspace(-1, 1, 1000), np.zeros(1000)], 1)
     c = coverage(states, ("a", "b"), {"a": (-1.0, 1.0), "b": (-1.0, 1.0)})
     assert c["a"]["bins_covered"] == 1.0 and c["b"]["bins_covered"] == 0.1
+
+
+def test_observed_policy_acts_on_the_recorded_frames_only(tmp_path: Path) -> None:
+    """The ``observed`` policy is the world's controller on the state read off the frames: the same
+    frames give the same action whatever the game's hidden state, and it balances the real pole."""
+    from worldsim.data import load_episodes, preprocess
+    from worldsim.data.policies import make_policy
+    from worldsim.worlds import get_world
+
+    wd = get_world("cartpole")
+    env = wd.make_env()
+    with pytest.raises(PolicyError, match="controller"):
+        make_policy("observed", env, np.random.default_rng(0), world=None)
+    env.reset(seed=0)
+    first = preprocess(env.render(), wd.crop)
+    a = make_policy("observed", env, np.random.default_rng(0), world=wd)
+    b = make_policy("observed", env, np.random.default_rng(1), world=wd)
+    env.unwrapped.state = np.array([0.0, 5.0, 0.0, -5.0])  # hidden velocities the frame does not show
+    assert a(env, first) == b(env, first)  # a function of the frames, not of the generator or the internals
+    cfg = RecordConfig(env_id="CartPole-v1", out=tmp_path / "obs", episodes=2, policies=(("observed", 1.0),),
+                       max_steps=100, frameskip=2, crop=wd.crop, world=wd)  # fmt: skip
+    record(cfg, progress=False)
+    assert [len(e.actions) for e in load_episodes(tmp_path / "obs", split=None)] == [100, 100]  # balanced

@@ -5,6 +5,13 @@
 - ``scripted``: a per-game controller that reads the game's internals (CartPole: a PD
   controller on the pole with kicks, so data has balanced play, recoveries and failures;
   Boxing: closes in on the opponent and punches from above or below);
+- ``observed``: the world's closed-loop controller (``WorldDef.controllers``) acting on the
+  state its reader reads off the recorded frames, i.e. on exactly what the world will see. Its
+  actions then say nothing about the game that the frames do not: a controller that reads the
+  game's internals (``scripted``) pushes right *because* the pole is falling right faster than
+  the pixels show, and a world trained on that learns "right means falling right", the wrong
+  sign (a confounder). Mixed with exploration (which keeps the actions from being a function
+  of the frames), it gives long balanced play whose actions can be learned from;
 - ``human``: the keyboard in a pygame window, through the world's key map (any game: the
   default key map of its action space, or ``--keys``).
 
@@ -35,7 +42,7 @@ log = logging.getLogger(__name__)
 
 Policy = Callable[[Any, np.ndarray], Any]
 """(real env, last recorded frame) -> action."""
-POLICIES = ("random", "sticky", "scripted", "human")
+POLICIES = ("random", "sticky", "scripted", "observed", "human")
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,8 @@ def make_policy(
         return _sticky(space, rng)
     if name == "scripted":
         return _scripted(env, rng)
+    if name == "observed":
+        return _observed(world)
     if name == "human":
         return (keyboard or Keyboard(world, space, fps=env.metadata.get("render_fps") or 15)).policy
     raise PolicyError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
@@ -165,6 +174,26 @@ def _sticky(space: Any, rng: np.random.Generator, mean_hold: float = 6.0) -> Pol
         return state["action"]
 
     return sticky
+
+
+def _observed(world: Any) -> Policy:
+    """The world's first controller on the state read off the last two recorded frames."""
+    if world is None or not getattr(world, "controllers", None) or world.state_reader is None:
+        raise PolicyError(
+            "the observed policy needs a bundled world with a state reader and a closed-loop controller "
+            "(WorldDef.state_reader, WorldDef.controllers); use scripted, random, sticky or human"
+        )
+    controller, reader = next(iter(world.controllers.values())), world.state_reader
+    state: dict[str, Any] = {"prev": None}
+
+    def observed(env: Any, frame: np.ndarray) -> Any:
+        now = np.asarray(reader(frame[None]), np.float64)  # (1, K)
+        prev = now if state["prev"] is None else state["prev"]
+        state["prev"] = now
+        action = np.asarray(controller(np.stack([prev, now], axis=1)))[0]
+        return action.item() if action.ndim == 0 else action
+
+    return observed
 
 
 # ---------------------------------------------------------------------------- scripted controllers
