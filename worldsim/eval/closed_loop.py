@@ -60,7 +60,8 @@ def _decide(
 def real_closed_loop(
     real: RealSide, starts: Sequence[StartState], controller: Controller, reader: Reader, frames: int
 ) -> Branches:
-    """The controller plays the real game from each start, one row at a time."""
+    """The controller plays the real game from each start, one row at a time (a row stops at the
+    game's own time limit, which does not count as an end)."""
     B = len(starts)
     s = starts[0].frames.shape[1]
     out = np.zeros((B, frames, s, s, 3), np.uint8)
@@ -71,8 +72,9 @@ def real_closed_loop(
         frame = start.frames[-1:].copy()
         for t in range(frames):
             prev, act = _decide(controller, reader, prev, frame)
-            if real.game.step(act[0]).done:
-                out[b, t:], term[b, t:] = real.game.frame(), True
+            step = real.game.step(act[0])
+            if step.done:  # a time limit (truncated) is not an end: the run counts as full
+                out[b, t:], term[b, t:] = real.game.frame(), step.terminated
                 break
             out[b, t] = frame[0] = real.game.frame()
     return Branches(out, term)
