@@ -4,8 +4,10 @@
   function under ``torch.compile``, see ``worldsim.engine.compiled``), on one loaded world;
 - **variants** of the sampler that change the work per frame (each needs ``worldsim eval`` to
   show it loses nothing before a world ships with it): ``default`` (the world's own),
-  ``3-step`` (three denoising steps) and ``last-step-cache`` (the last denoising pass writes the
-  KV cache: no separate clean pass);
+  ``3-step`` (three denoising steps), ``last-step-cache`` (the last denoising pass writes the
+  KV cache: no separate clean pass) and ``unguided`` (``guidance_scale = 1``: one row per world
+  row instead of two; the speed of the world after ``worldsim train --stage guidance`` distils
+  its guidance, which has the same network);
 - **first frame**: a fresh process loads the world, opens a session and produces one frame, on
   an empty compile cache (cold) and again on the one it filled (warm).
 """
@@ -30,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "3-step": {"timesteps": (1.0, 2 / 3, 1 / 3)},
     "last-step-cache": {"cache_pass": "last_step"},
+    "unguided": {"guidance_scale": 1.0},
 }
 MODES = ("eager", "compiled")
 
