@@ -67,7 +67,7 @@ def real_closed_loop(
     out = np.zeros((B, frames, s, s, 3), np.uint8)
     term = np.zeros((B, frames), bool)
     for b, start in enumerate(starts):
-        real._restore(start)
+        real.restore(start)
         prev = np.asarray(reader(start.frames[-2:-1] if len(start.frames) > 1 else start.frames[-1:]), np.float64)
         frame = start.frames[-1:].copy()
         for t in range(frames):

@@ -82,7 +82,8 @@ class RealSide:
             raise RealGameError("RealSide needs a RealGame made with the world's action_spec")
         self.game, self.progress = game, progress
 
-    def _restore(self, start: StartState) -> None:
+    def restore(self, start: StartState) -> None:
+        """Put the real game at ``start`` (its snapshot, or a replay of its actions from its seed)."""
         if start.snapshot is not None:
             self.game.restore(start.snapshot)
         elif not self.game.replay_actions(start.seed, list(start.history)):
@@ -94,7 +95,7 @@ class RealSide:
         frames = np.zeros((B, T, s, s, 3), np.uint8)
         term = np.zeros((B, T), bool)
         for b, start in enumerate(starts):
-            self._restore(start)
+            self.restore(start)
             for t in range(T):
                 if self.game.step(actions[b, t]).done:
                     frames[b, t:] = self.game.frame()
