@@ -20,7 +20,7 @@ from worldsim.engine.world import WorldConfig, WorldModel
 from worldsim.fidelity import psnr
 from worldsim.model.codec import FrameCodec
 from worldsim.train.data import AlignedEpisode
-from worldsim.train.loop import Checkpointer, Dist, RunLog, sync_grads
+from worldsim.train.loop import Checkpointer, Dist, RunLog, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,7 @@ def train_codec(
         z = z + cfg.latent_noise * z.detach().std() * torch.randn_like(z)
         rec = codec.decode_unit(z)
         loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync_grads(list(codec.parameters()), d)
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, codec, opt, sched, d)
         run.advance()
         if step % 25 == 0 or step == cfg.steps - 1:
             run.log(step, loss=loss.item(), psnr_batch=10 * np.log10(4.0 / max(F.mse_loss(rec, x).item(), 1e-12)))

@@ -26,7 +26,7 @@ import torch
 
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import ClipSampler
-from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, sync_grads
+from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import add_noise
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,7 @@ def train_guidance(
         head = (out.reward - cond.reward).pow(2) + bce  # (B, T)
         hl = (head * clean).sum() / clean.sum().clamp_min(1)
         loss = vl + cfg.head_weight * hl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync_grads(list(model.parameters()), d)
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        gn = optimizer_step(loss, model, opt, sched, d)
         run.advance()
         if step % 20 == 0 or step == cfg.steps - 1:
             metrics = {

@@ -65,6 +65,21 @@ def sync_grads(params: Iterator[torch.nn.Parameter] | list[torch.nn.Parameter], 
             p.grad /= d.world_size
 
 
+def optimizer_step(
+    loss: torch.Tensor, module: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, d: Dist, max_norm: float = 1.0
+) -> torch.Tensor:
+    """One step of every stage: backward, average gradients across processes, clip to ``max_norm``,
+    step the optimizer and its schedule. Returns the gradient norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(module.parameters())
+    sync_grads(params, d)
+    gn = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    sched.step()
+    return gn
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

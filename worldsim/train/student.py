@@ -20,7 +20,7 @@ import torch
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.data import Batch, ClipSampler
-from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, sync_grads
+from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import head_loss, x0_from_v
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,7 @@ def train_student(
         )
         hl, hm = head_loss(ctx_out, b.reward, b.terminated, b.has_action)
         loss = reg + cfg.head_weight * hl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync_grads(list(student.parameters()), d)
-        gn = torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        gn = optimizer_step(loss, student, opt, sched, d)
         run.advance()
         if step % 20 == 0 or step == cfg.steps - 1:
             metrics = {"loss": reg.item(), "grad_norm": gn.item(), **hm}

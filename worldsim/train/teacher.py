@@ -18,7 +18,7 @@ import torch
 
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import ClipSampler
-from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, sync_grads
+from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import add_noise, flow_loss, head_loss
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,7 @@ def train_teacher(
         fl = flow_loss(out.v, b.x, eps, t > 0)
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
         loss = fl + cfg.head_weight * hl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync_grads(list(model.parameters()), d)
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        gn = optimizer_step(loss, model, opt, sched, d)
         run.advance()
         if step % 20 == 0 or step == cfg.steps - 1:
             metrics = {"loss": fl.item(), "grad_norm": gn.item(), "lr": float(sched.get_last_lr()[0]), **hm}
