@@ -79,6 +79,21 @@ def test_codec_stage_learns(tmp_path: Path) -> None:
     assert (tmp_path / "state.pt").exists()
 
 
+def test_codec_stage_init_keeps_or_replaces_the_denoiser(tmp_path: Path) -> None:
+    """--init with codec.steps=0 keeps the codec as it is; its denoiser is kept unless
+    codec.fresh_denoiser asks for a new one (a retrain that must not inherit it)."""
+    eps = toy_episodes()
+    for fresh in (False, True):
+        init = tiny_world(seed=3)
+        old_codec = {k: v.clone() for k, v in init.codec.state_dict().items()}
+        old_den = {k: v.clone() for k, v in init.denoiser.state_dict().items()}
+        cfg = CodecTrainConfig(steps=0, fresh_denoiser=fresh)
+        world, _ = train_codec(cfg, tiny_config(), eps, eps, tmp_path / str(fresh), CPU, Dist(), init=init)
+        assert all(torch.equal(v, old_codec[k]) for k, v in world.codec.state_dict().items())
+        same = [torch.equal(v, old_den[k]) for k, v in world.denoiser.state_dict().items() if v.is_floating_point()]
+        assert all(same) if not fresh else not all(same)
+
+
 def test_teacher_stage_learns_fixed_batch(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
     seed_everything(0)
     world, sampler = latent_world

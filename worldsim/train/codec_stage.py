@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from worldsim.engine.world import WorldConfig, WorldModel
 from worldsim.fidelity import psnr
 from worldsim.model.codec import FrameCodec
+from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.data import AlignedEpisode
 from worldsim.train.loop import Checkpointer, Dist, RunLog, optimizer_step
 
@@ -37,6 +38,10 @@ class CodecTrainConfig:
     """Std of the noise added to raw latents during training (relative to their std)."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
+    fresh_denoiser: bool = False
+    """With ``--init``: keep only its codec and start the teacher from a new, randomly initialised
+    denoiser of the same shape (e.g. when the old world learned a recording bot's confounder that
+    the new data should not inherit). Default: its denoiser is the teacher's starting point."""
     seed: int = 0
 
 
@@ -82,6 +87,9 @@ def train_codec(
     """Train the codec of a new world (or fine-tune ``init``'s for ``cfg.steps``: 0 keeps it as it is,
     latent statistics included, so ``init``'s denoiser still fits it)."""
     world = init.to(device) if init is not None else WorldModel(world_cfg).to(device)
+    if init is not None and cfg.fresh_denoiser:
+        log.info("codec.fresh_denoiser: keeping --init's codec, the teacher starts from a new denoiser")
+        world.denoiser = CausalDenoiser(world.config.denoiser, world.config.action_space).to(device)
     codec = world.codec
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
