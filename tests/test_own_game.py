@@ -112,6 +112,32 @@ def test_stage_all_skips_finished_stages_and_force_retrains(
     assert world.provenance["codec"]["config"]["steps"] == 1
 
 
+def test_finetune_rounds_keep_the_sampler_and_refuse_another_game(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--stage finetune --init WORLD (a DIAMOND round): the denoiser moves, the few-step sampler and
+    guidance stay, each round is its own provenance entry; a world of another game is refused."""
+    import torch
+
+    monkeypatch.chdir(workspace)
+    src = _world(workspace, "pendulum")
+    before = WorldModel.load(src, device="cpu")
+    tune = ["train", "pendulum", "--stage", "finetune", "--data", "data/pendulum", "--threads", "1", *SETS]
+    tune += ["--set", "finetune.steps=2", "--set", "finetune.batch=2", "--set", "finetune.clip_len=6"]
+    assert main([*tune, "--init", str(src), "--runs", "ft1"]) == 0
+    once = Path("ft1/pendulum/finetune/world.safetensors")
+    assert main([*tune, "--init", str(once), "--runs", "ft2"]) == 0
+    after = WorldModel.load(Path("ft2/pendulum/finetune/world.safetensors"), device="cpu")
+    assert after.config.sampler == before.config.sampler
+    moved = [not torch.equal(a, b) for a, b in zip(after.denoiser.parameters(), before.denoiser.parameters())]
+    assert any(moved)
+    assert {"finetune", "finetune-2"} <= set(after.provenance) and "self-forcing" in after.provenance
+    assert after.provenance["finetune-2"]["config"]["steps"] == 2
+    capsys.readouterr()
+    assert main([*tune, "--init", str(_world(workspace, "acrobot")), "--runs", "ft3"]) != 0
+    assert "not the same game" in capsys.readouterr().err
+
+
 def test_two_evals_go_to_two_folders(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workspace)
     quick = ["--episodes", "1", "--horizon", "3", "--horizons", "1,3", "--no-control", "--no-divergence"]

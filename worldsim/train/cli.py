@@ -32,11 +32,9 @@ model.cache, model.sampler, codec, teacher, student, self_forcing, heads). Multi
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import logging
-import re
 import shutil
 import sys
 import time
@@ -50,79 +48,20 @@ import torch
 from worldsim.checkpoint import to_jsonable
 from worldsim.engine.cache import CacheConfig
 from worldsim.engine.sampler import SamplerConfig
-from worldsim.engine.world import WorldConfig, WorldModel, default_device
-from worldsim.model.codec import CodecConfig
-from worldsim.model.denoiser import DenoiserConfig
-from worldsim.train.codec_stage import CodecTrainConfig, train_codec
+from worldsim.engine.world import WorldModel, default_device
+from worldsim.train.codec_stage import train_codec
 from worldsim.train.data import ClipSampler, encode_episodes, load_aligned, same_game
-from worldsim.train.guidance import GuidanceDistillConfig, GuidanceDistillError, train_guidance
+from worldsim.train.guidance import GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.loop import init_distributed, seed_everything
-from worldsim.train.self_forcing import SelfForcingConfig, train_self_forcing
-from worldsim.train.student import StudentTrainConfig, train_student
-from worldsim.train.teacher import TeacherTrainConfig, train_teacher
+from worldsim.train.recipe import STAGE_CONFIGS, STAGES, build_config, name_from_env_id, parse_sets, world_config
+from worldsim.train.self_forcing import train_self_forcing
+from worldsim.train.student import train_student
+from worldsim.train.teacher import train_teacher
+
+__all__ = ["add_arguments", "main", "name_from_env_id", "start_clips"]
 
 log = logging.getLogger(__name__)
-
-STAGES = ("codec", "teacher", "student", "self-forcing")
-STAGE_CONFIGS: dict[str, type] = {
-    "codec": CodecTrainConfig,
-    "teacher": TeacherTrainConfig,
-    "student": StudentTrainConfig,
-    "self_forcing": SelfForcingConfig,
-    "heads": HeadFitConfig,
-    "guidance": GuidanceDistillConfig,
-}
-MODEL_CONFIGS: dict[str, type] = {
-    "model.codec": CodecConfig,
-    "model.denoiser": DenoiserConfig,
-    "model.cache": CacheConfig,
-    "model.sampler": SamplerConfig,
-}
-
-
-def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise SystemExit(f"--set expects section.field=value, got {item!r}")
-        key, value = item.split("=", 1)
-        section, field = key.rsplit(".", 1)
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        out.setdefault(section, {})[field] = parsed
-    return out
-
-
-def _build(cls: type, *overrides: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    merged: dict[str, Any] = {}
-    for o in overrides:
-        for k, v in o.items():
-            if k not in names:
-                raise SystemExit(f"{cls.__name__} has no field {k!r}; fields: {', '.join(sorted(names))}")
-            merged[k] = tuple(v) if isinstance(v, list) else v
-    return cls(**merged)
-
-
-def world_config(
-    name: str, spec: Any, fps: int, recipe: dict[str, Any], sets: dict[str, dict[str, Any]]
-) -> WorldConfig:
-    codec = _build(CodecConfig, recipe.get("model.codec", {}), sets.get("model.codec", {}))
-    den = _build(
-        DenoiserConfig,
-        {"latent_channels": codec.latent_channels, "latent_size": codec.latent_size},
-        recipe.get("model.denoiser", {}),
-        sets.get("model.denoiser", {}),
-    )
-    cache = _build(CacheConfig, recipe.get("model.cache", {}), sets.get("model.cache", {}))
-    sampler = _build(SamplerConfig, recipe.get("model.sampler", {}), sets.get("model.sampler", {}))
-    extra = {**recipe.get("model", {}), **sets.get("model", {})}
-    return WorldConfig(
-        action_space=spec, name=name, fps=fps, codec=codec, denoiser=den, sampler=sampler, cache=cache, **extra
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,13 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stage",
-        choices=(*STAGES, "heads", "guidance", "all"),
+        choices=(*STAGES, "heads", "guidance", "finetune", "all"),
         required=True,
         help="one stage, or `all`: codec, teacher, student, self-forcing in turn (skipping finished ones "
         "unless --force); "
         "`heads` re-fits a finished self-forcing run's reward/termination heads; "
         "`guidance` distils a world's action guidance into its denoiser, so it samples one row per row "
-        "(the world from --init, default the self-forcing run's)",
+        "(the world from --init, default the self-forcing run's); "
+        "`finetune` trains a finished world (--init) on new data with the teacher's loss, keeping its sampler "
+        "(a DIAMOND-style round: e.g. real episodes played by an agent trained in the dream)",
     )
     parser.add_argument(
         "--baselines",
@@ -181,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="WORLD.safetensors",
         help="codec stage: start from this world instead of random weights (same game and frames): its codec is "
         "fine-tuned for the codec stage's steps (0 keeps it as it is) and its denoiser becomes the teacher's "
-        "starting point; e.g. retrain a world on new recordings. guidance stage: the world to distil",
+        "starting point (--set codec.fresh_denoiser=True: a new one); e.g. retrain a world on new recordings. "
+        "guidance stage: the world to distil; finetune stage: the world to fine-tune",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field"
@@ -192,14 +134,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", default=None, metavar="MAP", help="key map stored in the world (see worldsim play)")
     parser.add_argument("--idle", default=None, metavar="ACTION", help="idle action stored in the world")
     parser.add_argument("--key-magnitude", type=float, default=None, metavar="M", help="Box key magnitude stored")
-
-
-def name_from_env_id(env_id: str) -> str:
-    """A world's default name: ``Pendulum-v1`` -> ``pendulum``, ``ALE/Pong-v5`` -> ``pong``,
-    ``MountainCarContinuous-v0`` -> ``mountaincarcontinuous`` (namespace and version dropped,
-    lower case, only letters, digits, ``_`` and ``-`` kept)."""
-    base = re.sub(r"-v\d+$", "", env_id.split("/")[-1])
-    return re.sub(r"[^a-z0-9_-]", "", base.lower()) or "world"
 
 
 def _resolve_name(args: argparse.Namespace) -> None:
@@ -314,10 +248,10 @@ def _run_stage(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else default_device()
     if d.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", d.rank % torch.cuda.device_count())
-    sets = _parse_sets(args.set)
+    sets = parse_sets(args.set)
     world_def, recipe, data, timing = _game(args)
     stage_key = args.stage.replace("-", "_")
-    stage_cfg = _build(
+    stage_cfg = build_config(
         STAGE_CONFIGS[stage_key],
         recipe.get(stage_key, {}),
         sets.get(stage_key, {}),
@@ -360,20 +294,24 @@ def _stage_input(st: _Stage) -> WorldModel:
     args = st.args
     prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": st.run_dir.name}
     src = st.root / prev.get(args.stage, st.sf_name) / "world.safetensors"
-    if args.stage == "guidance" and getattr(args, "init", None) is not None:
+    if args.stage in ("guidance", "finetune") and getattr(args, "init", None) is not None:
         src = args.init
     if not Path(src).exists():
-        raise SystemExit(f"{args.stage} needs {src}: train that stage first")
+        raise SystemExit(f"{args.stage} needs {src}: train that stage first (or give --init WORLD.safetensors)")
     world = WorldModel.load(src, device=st.device, dtype=torch.float32, compile=False)
+    if world.config.action_space != st.spec:
+        raise SystemExit(f"{src} acts in {world.config.action_space}, the data in {st.spec}: not the same game")
     if any(getattr(args, k, None) is not None for k in ("keys", "idle", "key_magnitude")):
         world.config.controls = _controls(args, st.spec, world.config.controls, st.world_def)
     if args.stage == "student":
         # The teacher checkpoint carries its many-step sampler; the student gets the few-step one.
-        world.config.sampler = _build(
+        world.config.sampler = build_config(
             SamplerConfig, st.recipe.get("model.sampler", {}), st.sets.get("model.sampler", {})
         )
     if "model.cache" in st.sets:
-        world.config.cache = _build(CacheConfig, dataclasses.asdict(world.config.cache), st.sets.get("model.cache", {}))
+        world.config.cache = build_config(
+            CacheConfig, dataclasses.asdict(world.config.cache), st.sets.get("model.cache", {})
+        )
     return world
 
 
@@ -385,6 +323,8 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
     sampler = ClipSampler(lat_train, cfg.clip_len, seed=cfg.seed + d.rank, term_boost=getattr(cfg, "term_boost", 0.0))
     if args.stage == "heads":
         metrics = fit_heads(cfg, world.denoiser, lat_train, encode_episodes(world.codec, st.val_eps, device), device)
+    elif args.stage == "finetune":  # the world keeps its sampler (few steps, guidance)
+        metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume)
     elif args.stage == "teacher":
         metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume)
         world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), guidance_scale=1.5)
@@ -401,7 +341,7 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
         )
         metrics = train_self_forcing(cfg, world, teacher, sampler, st.run_dir, device, d, args.resume, args.mode)
         if cfg.refit_heads and d.main:
-            heads_cfg = _build(HeadFitConfig, st.recipe.get("heads", {}), st.sets.get("heads", {}))
+            heads_cfg = build_config(HeadFitConfig, st.recipe.get("heads", {}), st.sets.get("heads", {}))
             lat_val = encode_episodes(world.codec, st.val_eps, device)
             metrics.update(fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device))
     return world, metrics, provenance
@@ -410,7 +350,12 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
 def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: dict[str, Any], wall: float) -> None:
     """The stage's world with its provenance, its summary, and (``--export``) the bundled copy."""
     args = st.args
-    provenance[args.stage if args.mode == "self" else f"{args.stage}-{args.mode}"] = {
+    key = base = args.stage if args.mode == "self" or args.stage != "self-forcing" else f"{args.stage}-{args.mode}"
+    for i in range(2, 1000):  # a second finetune round is "finetune-2", and so on
+        if key not in provenance:
+            break
+        key = f"{base}-{i}"
+    provenance[key] = {
         "config": to_jsonable(st.cfg),
         "wall_seconds": round(wall, 1),
         "processes": st.d.world_size,

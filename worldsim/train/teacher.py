@@ -49,6 +49,21 @@ class TeacherTrainConfig:
     seed: int = 0
 
 
+@dataclass
+class FinetuneConfig(TeacherTrainConfig):
+    """``worldsim train --stage finetune --init WORLD``: the teacher's loss on a finished world,
+    which keeps its few-step sampler and guidance (the loss trains every noise level, the few-step
+    schedule's included). What DIAMOND does between rounds: fine-tune the world on new real
+    episodes (an agent's play, exploration) instead of training again from the start."""
+
+    steps: int = 800
+    """Optimizer steps."""
+    lr: float = 1.5e-4
+    """AdamW peak learning rate: a fraction of the teacher's, so the world moves, not restarts."""
+    warmup: int = 30
+    """Warm-up steps."""
+
+
 def sample_df_timesteps(B: int, T: int, clean_prob: float, device: torch.device) -> torch.Tensor:
     t = torch.rand(B, T, device=device)
     return torch.where(torch.rand(B, T, device=device) < clean_prob, torch.zeros_like(t), t)
