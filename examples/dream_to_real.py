@@ -21,6 +21,16 @@ internals, in the dream or in the real game):
     python examples/dream_to_real.py --total-timesteps 100000                               # pixels
     python examples/dream_to_real.py --world-path tiny.safetensors --total-timesteps 256   # smoke test
 
+DIAMOND's loop, when one round falls short: ``--collect-out data/cartpole-agent`` records real
+episodes played by the trained agent (with state-independent exploration mixed in, so the world
+keeps learning what each action does) through ``worldsim record``'s own recorder; fine-tune the
+world on them and train again::
+
+    python examples/dream_to_real.py --obs state --total-timesteps 50000 --collect-out data/cartpole-agent
+    worldsim train cartpole --stage finetune --init envs/cartpole/cartpole.safetensors \
+        --data data/cartpole-agent data/cartpole --runs runs-round2
+    python examples/dream_to_real.py --obs state --world-path runs-round2/cartpole/finetune/world.safetensors
+
 Returns are in the real game's reward units in both worlds: a neural frame's reward is the sum
 of the real rewards over the frameskip, as recorded.
 """
@@ -71,6 +81,14 @@ class Args:
     """Write the results (returns, wall times, arguments) to this JSON file."""
     seed: int = 0
     """Seed for PPO, the neural world and the real game's episodes."""
+    save_agent: str = ""
+    """Save the trained PPO agent to this .zip (stable_baselines3's format)."""
+    collect_out: str = ""
+    """Then record real episodes played by the agent into this data folder (a DIAMOND round)."""
+    collect_episodes: int = 200
+    """Episodes to record with --collect-out."""
+    collect_explore: str = "0.1,0.4"
+    """Per-episode share of the agent's actions replaced by random ones, drawn from LOW,HIGH."""
     device: str = ""
     """Torch device for the world model ("" = CUDA if available, else CPU)."""
 
@@ -180,6 +198,36 @@ def real_return(policy: Callable[[np.ndarray], int], args: Args, episodes: int) 
     return float(np.mean(returns))
 
 
+def collect(model: Any, args: Args) -> dict[str, Any]:
+    """Record ``collect_episodes`` real episodes played by ``model`` (+ exploration) into ``collect_out``."""
+    import argparse
+    import dataclasses
+
+    from worldsim.data.policies import register_policy
+    from worldsim.data.record import record
+    from worldsim.data.record_cli import config_for
+    from worldsim.worlds import get_world
+
+    world = get_world(args.world)
+
+    def agent(env: Any, rng: np.random.Generator) -> Callable[[Any, np.ndarray], int]:
+        stack: list[np.ndarray] = []  # this episode's observations, as real_return builds them
+
+        def act(env: Any, frame: np.ndarray) -> int:
+            obs = _read(world.state_reader, frame[None])[0] if args.obs == "state" else frame.transpose(2, 0, 1)
+            stack[:] = (stack or [np.zeros_like(obs)] * args.n_stack)[1:] + [obs]
+            return int(model.predict(np.concatenate(stack, axis=0)[None], deterministic=True)[0][0])
+
+        return act
+
+    register_policy("dream-agent", agent)
+    flags = dict(out=args.collect_out, episodes=args.collect_episodes, policy=None, frameskip=None, branch=0.0)
+    flags.update(seed=args.seed + 50_000, max_steps=args.max_episode_steps, explore=args.collect_explore)
+    cfg = config_for(args.world, argparse.Namespace(**flags))  # the recipe's crop, frameskip, hold...
+    cfg = dataclasses.replace(cfg, policies=(("dream-agent", 1.0),))  # seed: states nobody trained on
+    return record(cfg)
+
+
 def main(args: Args) -> dict[str, float]:
     from stable_baselines3 import PPO
 
@@ -216,6 +264,11 @@ def main(args: Args) -> dict[str, float]:
     vec.close()
     results["train_seconds"] = round(train_s, 1)
     results["eval_seconds"] = round(time.time() - t - train_s, 1)
+    if args.save_agent:
+        model.save(args.save_agent)
+    if args.collect_out:
+        manifest = collect(model, args)
+        print(f"recorded {manifest['episodes']} real episodes ({manifest['frames']} frames) to {args.collect_out}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), **results}, indent=2))
     rows = (("neural world (dream)", "dream"), (f"real game ({args.world}, from pixels)", "real"))

@@ -270,14 +270,22 @@ def test_dream_to_real_example_runs(
     monkeypatch.setitem(sys.modules, "dream_to_real", mod)  # dataclasses look their module up
     spec.loader.exec_module(mod)
     out = tmp_path / "d2r.json"
+    collect = dict(collect_out=str(tmp_path / "agent-data"), collect_episodes=2, save_agent=str(tmp_path / "a.zip"))
     args = mod.Args(
         world_path=str(tiny_world_path), obs=obs, total_timesteps=16, num_envs=2, max_episode_steps=5,
-        eval_episodes=2, json_out=str(out),
+        eval_episodes=2, json_out=str(out), **(collect if obs == "state" else {}),
     )  # fmt: skip
     res = mod.main(args)
     returns = {"dream_trained", "dream_random", "real_trained", "real_random"}
     assert returns <= set(res) and all(np.isfinite(res[k]) for k in returns) and res["real_random"] > 0
     assert json.loads(out.read_text())["args"]["obs"] == obs
+    if obs == "state":  # a DIAMOND round's data: real episodes played by the agent, exploration mixed in
+        from worldsim.data import load_episodes, read_manifest
+
+        manifest = read_manifest(tmp_path / "agent-data")
+        assert manifest["episodes"] == 2 and "dream-agent" in json.dumps(manifest)
+        assert all(len(e) <= 5 for e in load_episodes(tmp_path / "agent-data", split=None))
+        assert (tmp_path / "a.zip").exists()
 
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,8 @@
 A policy is made per episode by :func:`make_policy` and called once per recorded frame as
 ``policy(env, frame) -> action`` (``frame`` is the last recorded 64x64 frame). All randomness
 comes from the seeded ``np.random.Generator`` it is given, so a recording is reproducible.
+:func:`register_policy` adds your own by name, e.g. an agent trained in the dream whose real
+episodes fine-tune the world (a DIAMOND round; ``examples/dream_to_real.py --collect-out``).
 
 **Exploration** (:class:`Exploration`, :func:`explore`) is mixed into any of them: actions that
 do not depend on the game's state replace the policy's on a per-episode share of frames, and
@@ -43,6 +45,27 @@ log = logging.getLogger(__name__)
 Policy = Callable[[Any, np.ndarray], Any]
 """(real env, last recorded frame) -> action."""
 POLICIES = ("random", "sticky", "scripted", "observed", "human")
+PolicyFactory = Callable[[Any, np.random.Generator], Policy]
+"""(real env, the episode's generator) -> the episode's policy."""
+_REGISTERED: dict[str, PolicyFactory] = {}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    """Make ``name`` a recording policy (``RecordConfig.policies``) in this process.
+
+    ``factory(env, rng)`` is called once per episode and returns ``policy(env, frame) -> action``.
+    Let it act on ``frame`` (what the world will see), not on ``env``'s internals: a bot that
+    reads what the frames do not show teaches the world a confounder (see ``observed`` above)."""
+    if name in POLICIES:
+        raise PolicyError(f"{name!r} is a built-in policy: register yours under another name")
+    if not callable(factory):
+        raise PolicyError(f"register_policy({name!r}, ...) needs a callable factory(env, rng) -> policy")
+    _REGISTERED[name] = factory
+
+
+def policy_names() -> tuple[str, ...]:
+    """The built-in policies and the registered ones."""
+    return (*POLICIES, *_REGISTERED)
 
 
 @dataclass(frozen=True)
@@ -160,7 +183,9 @@ def make_policy(
         return _observed(world)
     if name == "human":
         return (keyboard or Keyboard(world, space, fps=env.metadata.get("render_fps") or 15)).policy
-    raise PolicyError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+    if name in _REGISTERED:
+        return _REGISTERED[name](env, rng)
+    raise PolicyError(f"unknown policy {name!r}: use one of {', '.join(policy_names())}")
 
 
 def _sticky(space: Any, rng: np.random.Generator, mean_hold: float = 6.0) -> Policy:

@@ -28,7 +28,6 @@ import numpy as np
 
 from worldsim.data.episodes import Episode, read_manifest, split_of, write_manifest, write_shard
 from worldsim.data.policies import (
-    POLICIES,
     SCRIPTED,
     Exploration,
     Keyboard,
@@ -36,6 +35,7 @@ from worldsim.data.policies import (
     explore,
     game_name,
     make_policy,
+    policy_names,
 )
 from worldsim.real import GameSpec, RealGame, RealGameError
 from worldsim.spaces import ActionError, ActionSpec
@@ -303,8 +303,9 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict[str, Any]:
 
     out = Path(cfg.out)
     names = {name for name, _ in cfg.policies}
-    if names - set(POLICIES):
-        raise RecordError(f"unknown policy {sorted(names - set(POLICIES))[0]!r}: use one of {', '.join(POLICIES)}")
+    if names - set(policy_names()):
+        unknown = sorted(names - set(policy_names()))[0]
+        raise RecordError(f"unknown policy {unknown!r}: use one of {', '.join(policy_names())} (or register_policy)")
     game = open_game(cfg)
     env = game.env
     try:
