@@ -25,15 +25,18 @@ WORLD = WorldDef(
     gym_id="worldsim/CartPole-v0",
     max_episode_steps=500,
     # Actions must not be predictable from the frames, or the world learns the controller instead
-    # of the game: the noisy PD controller balances (long episodes), exploration replaces up to 10%
-    # of its pushes by random ones, and 40% of its episodes branch into random play from wherever
-    # the controller got the pole to, until it falls; random / sticky episodes fall from the start.
+    # of the game, and the bot must not act on what the frames do not show, or the world learns a
+    # confounder ("pushed right" = "was falling right"). So the balancing bot is `observed`: the
+    # `balance` controller on the state read off the recorded frames; exploration replaces 10-50% of
+    # its pushes by random ones, and half of its episodes branch into random play from wherever the
+    # controller got the pole to, until it falls; random / sticky episodes fall from the start.
+    # (Until 2026-12-02 the recipe used `scripted`, which reads the game's internal state.)
     record=RecordRecipe(
-        policies=(("scripted", 0.75), ("random", 0.15), ("sticky", 0.1)),
-        episodes=400,
+        policies=(("observed", 0.75), ("random", 0.15), ("sticky", 0.1)),
+        episodes=500,
         seed=0,
         max_episode_steps=250,
-        explore=Exploration(epsilon_range=(0.0, 0.1), hold=1.0, branch=0.4, branch_after=(10, 250)),
+        explore=Exploration(epsilon_range=(0.1, 0.5), hold=1.0, branch=0.5, branch_after=(10, 250)),
     ),
     state_reader=read_state,
     state_names=("cart_x", "pole_angle"),
