@@ -227,7 +227,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--vector", action="store_true", help="also VectorEnv steps/s at N = 1, 16, 64")
-    parser.add_argument("--grpc", action="store_true", help="also gRPC loopback vs in-process, 1 and 16 clients")
+    parser.add_argument("--grpc", action="store_true", help="also gRPC loopback vs in-process (see --grpc-clients)")
+    parser.add_argument(
+        "--grpc-clients", default="1,16", metavar="N,N", help="with --grpc: streaming clients per measurement"
+    )
     parser.add_argument(
         "--modes", default="eager,compiled", help="comma-separated: eager, compiled (torch.compile), side by side"
     )
@@ -245,6 +248,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Every measurement on one thread (``worldsim.threads.torch_thread``), the gRPC one's client
     from this one: torch must run on a single thread of a process to keep its speed."""
+    spec = str(getattr(args, "grpc_clients", "1,16"))
+    clients = tuple(int(n) for n in spec.split(",") if n.strip().isdigit() and int(n) > 0)
+    if len(clients) != len(spec.split(",")):
+        raise SystemExit(f"--grpc-clients takes positive client counts like 1,16,64, got {spec!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = on_torch_thread(_measure, args)
@@ -254,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
     if args.grpc:
         from worldsim.serve.bench import bench_grpc
 
-        res["grpc"] = bench_grpc(world, clients=(1, 16), frames=200)
+        res["grpc"] = bench_grpc(world, clients=clients, frames=max(200, 4 * max(clients)))
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
