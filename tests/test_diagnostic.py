@@ -65,6 +65,30 @@ def test_recording_with_exploration_is_reproducible(tmp_path: Path) -> None:
     assert np.array_equal(a.actions, b.actions) and np.array_equal(a.frames, b.frames)
 
 
+def test_free_actions_are_recorded_and_stored(tmp_path: Path) -> None:
+    """Episode.free marks the actions chosen without looking at the game: every one at epsilon 1
+    and under random play, none of a scripted bot's without exploration, the explored share
+    otherwise; shards keep it; a branching episode is free from its branch point on."""
+    from worldsim.data import load_episodes
+
+    def rec(name: str, policy: str, explore: Exploration) -> list[Episode]:
+        cfg = RecordConfig(
+            env_id="CartPole-v1", out=tmp_path / name, episodes=3, policies=((policy, 1.0),), max_steps=60,
+            frameskip=2, explore=explore,
+        )  # fmt: skip
+        record(cfg, progress=False)
+        return load_episodes(tmp_path / name, split=None)
+
+    assert all(e.free is not None and e.free.all() for e in rec("all", "scripted", Exploration(epsilon_range=(1, 1))))
+    assert all(e.free is not None and e.free.all() for e in rec("random", "random", Exploration()))
+    assert all(e.free is not None and not e.free.any() for e in rec("bot", "scripted", Exploration()))
+    some = rec("some", "scripted", Exploration(epsilon_range=(0.5, 0.5)))
+    share = np.concatenate([e.free for e in some if e.free is not None]).mean()
+    assert 0.25 < share < 0.75
+    for e in rec("branch", "scripted", Exploration(branch=1.0, branch_after=(5, 5))):
+        assert e.free is not None and not e.free[:5].any() and e.free[5:].all()
+
+
 # ---------------------------------------------------------------------------- the diagnostic
 def _dot_episodes(deterministic: bool, n: int = 24, steps: int = 60, seed: int = 0) -> list[Episode]:
     """A dot drifting on a white frame; the action is a function of where it is (or random)."""

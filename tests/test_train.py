@@ -4,6 +4,7 @@ kill-and-resume, and a two-process gloo DDP run."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -77,6 +78,34 @@ def test_codec_stage_learns(tmp_path: Path) -> None:
     assert losses[-1] < losses[0] * 0.7
     assert np.isfinite(metrics["codec_psnr_val"])
     assert (tmp_path / "state.pt").exists()
+
+
+def test_teacher_policy_actions_null_conditions_on_free_actions_only(
+    latent_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """teacher.policy_actions=null: the policy's own actions reach the model as the null action,
+    free ones as themselves; the default conditions on all of them."""
+    world, _ = latent_world
+    eps = [dataclasses.replace(e, free=e.has_action & (np.arange(len(e)) % 2 == 0)) for e in latent_world[1].eps]
+    seen: list[torch.Tensor] = []
+    forward = type(world.denoiser).forward
+
+    def spy(self, x, t, action, has_action, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append(has_action.clone())
+        return forward(self, x, t, action, has_action, *a, **k)
+
+    monkeypatch.setattr(type(world.denoiser), "forward", spy)
+    for mode in ("condition", "null"):
+        seen.clear()
+        sampler = ClipSampler(eps, clip_len=6, seed=0)
+        cfg = TeacherTrainConfig(steps=2, batch=4, clip_len=6, action_dropout=0.0, policy_actions=mode)
+        train_teacher(cfg, copy.deepcopy(world), sampler, tmp_path / mode, CPU, Dist())
+        b = ClipSampler(eps, clip_len=6, seed=0).sample(4)
+        assert b.free is not None
+        want = b.has_action & b.free if mode == "null" else b.has_action
+        assert torch.equal(seen[0], want)
+    with pytest.raises(ValueError, match="policy_actions"):
+        train_teacher(TeacherTrainConfig(steps=1, policy_actions="drop"), world, sampler, tmp_path / "x", CPU, Dist())
 
 
 def test_codec_stage_init_keeps_or_replaces_the_denoiser(tmp_path: Path) -> None:

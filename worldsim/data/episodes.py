@@ -7,7 +7,8 @@ Layout of a data set folder::
     ...
 
 Per shard: ``frames`` (F, 64, 64, 3) uint8, ``actions`` (S, ...), ``rewards`` (S,) float32,
-``terminated`` / ``truncated`` (S,) bool, and per episode ``ep_ids``, ``ep_seeds``,
+``terminated`` / ``truncated`` (S,) bool, ``free`` (S,) bool (recordings since 2026-12-02: the
+action was chosen without looking at the game), and per episode ``ep_ids``, ``ep_seeds``,
 ``ep_steps`` (its number of steps L: it owns L + 1 frames and L actions).
 
 A shard is written to a temporary name and renamed, and the manifest is rewritten (atomically)
@@ -45,6 +46,13 @@ class Episode:
     truncated: np.ndarray  # (L,) bool
     seed: int
     episode_id: int
+    free: np.ndarray | None = None
+    """(L,) bool: ``actions[i]`` was chosen without looking at the game (a random or sticky
+    policy, or exploration replacing the policy's action). Only these show what an action does
+    on its own: a policy's own action also says what it saw (CartPole's balancing bot pushes
+    right *because* the pole falls right), and a world trained on it can learn that instead
+    (``worldsim train --set teacher.policy_actions=null`` learns action effects from free
+    actions alone). None: not recorded (data sets before 2026-12-02)."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -93,6 +101,8 @@ def write_shard(path: Path, episodes: Sequence[Episode]) -> None:
         "ep_seeds": np.array([e.seed for e in episodes], np.int64),
         "ep_steps": np.array([len(e) for e in episodes], np.int64),
     }
+    if all(e.free is not None for e in episodes):
+        arrays["free"] = np.concatenate([np.asarray(e.free) for e in episodes]).astype(bool)
 
     def w(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -105,6 +115,7 @@ def read_shard(path: Path) -> list[Episode]:
     with np.load(path) as z:
         frames, actions = z["frames"], z["actions"]
         rewards, term, trunc = z["rewards"], z["terminated"], z["truncated"]
+        free = z["free"] if "free" in z.files else None
         out, f0, s0 = [], 0, 0
         for eid, seed, L in zip(z["ep_ids"], z["ep_seeds"], z["ep_steps"]):
             L = int(L)
@@ -117,6 +128,7 @@ def read_shard(path: Path) -> list[Episode]:
                     trunc[s0 : s0 + L],
                     int(seed),
                     int(eid),
+                    None if free is None else free[s0 : s0 + L],
                 )
             )
             f0, s0 = f0 + L + 1, s0 + L

@@ -124,35 +124,47 @@ class Exploration:
         }
 
 
-def explore(policy: Policy, space: Any, rng: np.random.Generator, plan: dict[str, Any], hold: float = 1.0) -> Policy:
+FREE_POLICIES = ("random", "sticky")
+"""Policies whose actions never depend on the game's state: every action they record is free."""
+
+
+class Explored:
+    """``policy`` with exploratory actions mixed in as ``plan`` (from :meth:`Exploration.plan`) says;
+    :attr:`free` tells whether the last action was an exploratory one (made by :func:`explore`)."""
+
+    def __init__(self, policy: Policy, space: Any, rng: np.random.Generator, plan: dict[str, Any], hold: float):
+        import copy
+
+        self.policy, self.rng, self.hold = policy, rng, hold
+        self.sampler = copy.deepcopy(space)
+        self.sampler.seed(int(rng.integers(2**31)))
+        self.epsilon, self.branch_at = float(plan["epsilon"]), plan["branch_at"]
+        self.t, self.left, self.action, self.free = 0, 0, None, False
+
+    def __call__(self, env: Any, frame: np.ndarray) -> Any:
+        t, self.t = self.t, self.t + 1
+        own = self.policy(env, frame)
+        if self.left > 0:
+            self.left -= 1
+            return self.action
+        branched = self.branch_at is not None and t >= self.branch_at
+        self.free = bool(branched or self.rng.random() < self.epsilon)
+        if self.free:
+            self.action = self.sampler.sample()
+            self.left = int(self.rng.geometric(1.0 / self.hold)) - 1
+            return self.action
+        return own
+
+
+def explore(policy: Policy, space: Any, rng: np.random.Generator, plan: dict[str, Any], hold: float = 1.0) -> Explored:
     """``policy`` with exploratory actions mixed in as ``plan`` (from :meth:`Exploration.plan`) says.
 
     The random actions come from a copy of ``space`` seeded from ``rng``, so they are uniform
     over any Gymnasium space and independent of the game's state; the policy is still called
     on every frame (its own random stream, and any state it keeps, stay as without exploration).
+    A held exploratory action stays free (``Explored.free``) for every frame it is held.
     """
-    import copy
-
-    sampler = copy.deepcopy(space)
-    sampler.seed(int(rng.integers(2**31)))
-    epsilon, branch_at = float(plan["epsilon"]), plan["branch_at"]
-    state: dict[str, Any] = {"t": 0, "left": 0, "action": None}
-
-    def explored(env: Any, frame: np.ndarray) -> Any:
-        t = state["t"]
-        state["t"] += 1
-        own = policy(env, frame)
-        if state["left"] > 0:
-            state["left"] -= 1
-            return state["action"]
-        branched = branch_at is not None and t >= branch_at
-        if branched or rng.random() < epsilon:
-            state["action"] = sampler.sample()
-            state["left"] = int(rng.geometric(1.0 / hold)) - 1
-            return state["action"]
-        return own
-
-    return explored
+    return Explored(policy, space, rng, plan, hold)
 
 
 class PolicyError(ValueError):

@@ -28,6 +28,7 @@ import numpy as np
 
 from worldsim.data.episodes import Episode, read_manifest, split_of, write_manifest, write_shard
 from worldsim.data.policies import (
+    FREE_POLICIES,
     SCRIPTED,
     Exploration,
     Keyboard,
@@ -141,9 +142,10 @@ def record_episode(
     xrng, plan = exploration_plan(cfg, episode_id)
     if plan is not None:
         policy = explore(policy, env.action_space, xrng, plan, cfg.explore.hold)
-    frames, actions, rewards, terminated, truncated = [first], [], [], [], []
+    frames, actions, rewards, terminated, truncated, free = [first], [], [], [], [], []
     for step in range(cfg.max_steps):
         action = policy(env, frames[-1])
+        free.append(name in FREE_POLICIES or bool(getattr(policy, "free", False)))
         out = game.step(action)  # frameskip env steps, the action held, rewards summed
         frames.append(game.frame())
         actions.append(spec.validate([action])[0])
@@ -160,6 +162,7 @@ def record_episode(
         truncated=np.array(truncated, bool),
         seed=seed,
         episode_id=episode_id,
+        free=np.array(free, bool),
     )
 
 

@@ -4,6 +4,9 @@ Per frame j of an episode (frames[0] is the reset observation):
 
 - ``action[j]`` is the action that PRODUCED frame j (episode.actions[j-1]); null for j = 0,
 - ``has_action[j]`` is False only for j = 0,
+- ``free[j]``: the action was chosen without looking at the game (random / sticky play,
+  exploration; :attr:`worldsim.data.Episode.free`), so what follows it is its effect alone;
+  recordings without that record count every action as free,
 - ``reward[j]`` / ``terminated[j]`` come with entering frame j.
 
 The denoiser trains on latents, so episodes are encoded once by the codec and kept in memory
@@ -34,6 +37,7 @@ class AlignedEpisode:
     has_action: np.ndarray  # (L+1,) bool
     rewards: np.ndarray  # (L+1,) float32
     terminated: np.ndarray  # (L+1,) bool
+    free: np.ndarray | None = None  # (L+1,) bool; None: every action with has_action is free
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -46,9 +50,11 @@ class Batch:
     has_action: torch.Tensor  # (B, T) bool
     reward: torch.Tensor  # (B, T) float
     terminated: torch.Tensor  # (B, T) bool
+    free: torch.Tensor | None = None  # (B, T) bool: the action was chosen without looking at the game
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.x, self.action, self.has_action, self.reward, self.terminated)))
+        x, a, h, r, t = (v.to(device) for v in (self.x, self.action, self.has_action, self.reward, self.terminated))
+        return Batch(x, a, h, r, t, None if self.free is None else self.free.to(device))
 
 
 def align(ep: object, spec: ActionSpec) -> AlignedEpisode:
@@ -62,7 +68,9 @@ def align(ep: object, spec: ActionSpec) -> AlignedEpisode:
     has[0] = False
     rewards = np.concatenate([[0.0], np.asarray(ep.rewards, dtype=np.float32)]).astype(np.float32)  # type: ignore[attr-defined]
     term = np.concatenate([[False], np.asarray(ep.terminated).astype(bool)])  # type: ignore[attr-defined]
-    return AlignedEpisode(frames, actions, has, rewards, term)
+    rec_free = getattr(ep, "free", None)
+    free = has if rec_free is None else np.concatenate([[False], np.asarray(rec_free).astype(bool)])
+    return AlignedEpisode(frames, actions, has, rewards, term, free)
 
 
 def load_aligned(dirs: str | Path | Sequence[str | Path], split: str | None) -> tuple[list[AlignedEpisode], ActionSpec]:
@@ -106,7 +114,7 @@ def encode_episodes(
             codec.encode(torch.from_numpy(np.ascontiguousarray(e.frames[i : i + chunk])).to(device)).float().cpu()  # type: ignore[operator]
             for i in range(0, len(e.frames), chunk)
         ]
-        out.append(AlignedEpisode(torch.cat(lat).numpy(), e.actions, e.has_action, e.rewards, e.terminated))
+        out.append(AlignedEpisode(torch.cat(lat).numpy(), e.actions, e.has_action, e.rewards, e.terminated, e.free))
     return out
 
 
@@ -134,7 +142,7 @@ class ClipSampler:
 
     def sample(self, batch: int) -> Batch:
         T = self.T
-        xs, acts, has, rew, term = [], [], [], [], []
+        xs, acts, has, rew, term, free = [], [], [], [], [], []
         for _ in range(batch):
             if self.term_eps and self.rng.random() < self.term_boost:
                 i = int(self.term_eps[self.rng.integers(len(self.term_eps))])
@@ -148,10 +156,12 @@ class ClipSampler:
             has.append(e.has_action[s : s + T])
             rew.append(e.rewards[s : s + T])
             term.append(e.terminated[s : s + T])
+            free.append((e.has_action if e.free is None else e.free)[s : s + T])
         return Batch(
             torch.from_numpy(np.stack(xs)),
             torch.from_numpy(np.stack(acts)),
             torch.from_numpy(np.stack(has)),
             torch.from_numpy(np.stack(rew)),
             torch.from_numpy(np.stack(term)),
+            torch.from_numpy(np.stack(free)),
         )

@@ -40,6 +40,12 @@ class TeacherTrainConfig:
     """Probability that a frame is exactly clean (t = 0), like the context the engine caches."""
     action_dropout: float = 0.1
     """Probability that a whole clip is trained with the null action (for guidance)."""
+    policy_actions: str = "condition"
+    """What the recording policy's own (not free, :attr:`worldsim.data.Episode.free`) actions do:
+    ``condition`` the model like free ones, or ``null``: they are replaced by the null action, so
+    the model learns what actions do from free (random, exploratory) actions alone and the
+    policy's choices only through the frames (a bot's action also tells what it saw; learned from,
+    it teaches a confounder: CartPole's balancing bot pushes right *because* the pole falls right)."""
     head_weight: float = 0.1
     """Weight of the reward/termination head loss."""
     term_boost: float = 0.1
@@ -78,6 +84,8 @@ def train_teacher(
     d: Dist,
     resume: bool = False,
 ) -> dict[str, float]:
+    if cfg.policy_actions not in ("condition", "null"):
+        raise ValueError(f"teacher.policy_actions is 'condition' or 'null', got {cfg.policy_actions!r}")
     model = world.denoiser
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -93,7 +101,10 @@ def train_teacher(
         eps = torch.randn_like(b.x)
         xt = add_noise(b.x, t, eps)
         drop = torch.rand(B, 1, device=device) < cfg.action_dropout
-        out = model(xt, t, b.action, b.has_action & ~drop)
+        cond = b.has_action & ~drop
+        if cfg.policy_actions == "null" and b.free is not None:
+            cond = cond & b.free
+        out = model(xt, t, b.action, cond)
         fl = flow_loss(out.v, b.x, eps, t > 0)
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
         loss = fl + cfg.head_weight * hl
