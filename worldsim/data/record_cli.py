@@ -34,7 +34,8 @@ def config_for(target: str, args: argparse.Namespace) -> RecordConfig:
             out=Path(args.out) if args.out else Path("data") / w.name,
             episodes=args.episodes or r.episodes,
             policies=((args.policy, 1.0),) if args.policy else r.policies,
-            explore=_exploration(args, r.explore),
+            # Play by hand is recorded as played: the recipe's exploration only with --explore.
+            explore=_exploration(args, Exploration() if args.policy == "human" else r.explore),
             seed=r.seed if args.seed is None else args.seed,
             max_steps=args.max_steps or r.max_episode_steps,
             frameskip=args.frameskip or w.frameskip,
@@ -136,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="EPS|LOW,HIGH",
         help="per-episode share of frames where a random action replaces the policy's, drawn from [LOW, HIGH] "
-        "(1 = fully random play; default: the world's recipe, else 0)",
+        "(1 = fully random play; default: the world's recipe, else 0; --policy human: 0)",
     )
     parser.add_argument("--explore-hold", type=float, default=None, help="mean frames a random action is held")
     parser.add_argument(
