@@ -113,6 +113,7 @@ def _dot_episodes(deterministic: bool, n: int = 24, steps: int = 60, seed: int =
                 truncated=np.zeros(steps, bool),
                 seed=i,
                 episode_id=i,
+                free=np.full(steps, not deterministic),
             )  # fmt: skip
         )
     return eps
@@ -128,6 +129,8 @@ def test_diagnostic_flags_a_deterministic_policy_and_passes_random_play() -> Non
     assert det.predictability > 0.8 and det.warning is not None and "--explore" in det.warning
     assert rnd.predictability < 0.3 and rnd.warning is None
     assert rnd.accuracy is not None and rnd.baseline is not None and abs(rnd.accuracy - rnd.baseline) < 0.15
+    assert det.free_share == 0.0 and rnd.free_share == 1.0 and "free actions" in rnd.summary()
+    assert "policy_actions=null" in det.warning
 
 
 def test_diagnostic_box_actions() -> None:

@@ -77,6 +77,9 @@ class Diagnostic:
     state_predictability: float | None = None
     """What an MLP on the state read off the two frames finds (worlds with a state reader)."""
     coverage: dict[str, dict[str, float]] = field(default_factory=dict)
+    free_share: float | None = None
+    """Share of the actions chosen without looking at the game (``Episode.free``; None: not
+    recorded): the ones ``teacher.policy_actions=null`` learns action effects from."""
     warning: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +96,10 @@ class Diagnostic:
             lines.append(
                 f"  from pixels (CNN) {self.pixel_predictability:.2f}, "
                 f"from the state read off the frames (MLP) {self.state_predictability:.2f}"
+            )
+        if self.free_share is not None:
+            lines.append(
+                f"  free actions (chosen without looking at the game: random play, exploration): {self.free_share:.0%}"
             )
         for name, c in self.coverage.items():
             lines.append(
@@ -269,6 +276,8 @@ def diagnose(
         r2=scores.get("r2"),
         pixel_predictability=scores["predictability"],
     )
+    if all(e.free is not None for e in eps):
+        diag.free_share = float(np.mean(np.concatenate([np.asarray(e.free, bool) for e in eps])))
     reader = getattr(world, "state_reader", None)
     if reader is not None:
         s_tr, s_te = _state_inputs(reader, x_tr), _state_inputs(reader, x_te)
@@ -285,7 +294,8 @@ def diagnose(
             f"the recorded actions are nearly determined by the frames (predictability {diag.predictability:.2f} > "
             f"{WARN_PREDICTABILITY}): a world trained on this learns the policy, not what the actions do. "
             "Mix in state-independent exploration: `worldsim record ... --explore 0,0.5 --branch 0.5` "
-            "(or an `Exploration` in the recipe), or add random / sticky episodes."
+            "(or an `Exploration` in the recipe), or add random / sticky episodes, and train with "
+            "`--set teacher.policy_actions=null` so only those teach what the actions do."
         )
     return diag
 
