@@ -56,6 +56,9 @@ class FixedSampler:
     def sample(self, batch: int):  # type: ignore[no-untyped-def]
         return self.b
 
+    def free_share(self) -> float:
+        return 1.0
+
 
 def _losses(run_dir: Path, key: str = "loss") -> list[float]:
     return [json.loads(line)[key] for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -81,7 +84,7 @@ def test_codec_stage_learns(tmp_path: Path) -> None:
 
 
 def test_teacher_policy_actions_null_conditions_on_free_actions_only(
-    latent_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    latent_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
     """teacher.policy_actions=null: the policy's own actions reach the model as the null action,
     free ones as themselves; the default conditions on all of them."""
@@ -104,6 +107,11 @@ def test_teacher_policy_actions_null_conditions_on_free_actions_only(
         assert b.free is not None
         want = b.has_action & b.free if mode == "null" else b.has_action
         assert torch.equal(seen[0], want)
+    none_free = [dataclasses.replace(e, free=np.zeros(len(e), bool)) for e in eps]
+    with caplog.at_level("WARNING", logger="worldsim.train.teacher"):
+        cfg = TeacherTrainConfig(steps=1, batch=2, clip_len=6)  # the default: null
+        train_teacher(cfg, copy.deepcopy(world), ClipSampler(none_free, 6), tmp_path / "none", CPU, Dist())
+    assert any("free" in r.getMessage() and "--explore" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="policy_actions"):
         train_teacher(TeacherTrainConfig(steps=1, policy_actions="drop"), world, sampler, tmp_path / "x", CPU, Dist())
 

@@ -140,6 +140,12 @@ class ClipSampler:
     def frames(self) -> int:
         return sum(len(e) for e in self.eps)
 
+    def free_share(self) -> float:
+        """Share of the actions chosen without looking at the game (all, where not recorded)."""
+        has = sum(int(e.has_action.sum()) for e in self.eps)
+        free = sum(int((e.has_action if e.free is None else e.free & e.has_action).sum()) for e in self.eps)
+        return free / max(has, 1)
+
     def sample(self, batch: int) -> Batch:
         T = self.T
         xs, acts, has, rew, term, free = [], [], [], [], [], []

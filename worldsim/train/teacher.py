@@ -40,12 +40,14 @@ class TeacherTrainConfig:
     """Probability that a frame is exactly clean (t = 0), like the context the engine caches."""
     action_dropout: float = 0.1
     """Probability that a whole clip is trained with the null action (for guidance)."""
-    policy_actions: str = "condition"
+    policy_actions: str = "null"
     """What the recording policy's own (not free, :attr:`worldsim.data.Episode.free`) actions do:
-    ``condition`` the model like free ones, or ``null``: they are replaced by the null action, so
-    the model learns what actions do from free (random, exploratory) actions alone and the
-    policy's choices only through the frames (a bot's action also tells what it saw; learned from,
-    it teaches a confounder: CartPole's balancing bot pushes right *because* the pole falls right)."""
+    ``null`` (default): they are replaced by the null action, so the model learns what actions do
+    from free (random, exploratory) actions alone and the policy's choices only through the frames
+    they lead to; ``condition``: like free ones. A bot's action also tells what it saw; learned
+    from, it teaches a confounder (CartPole's balancing bot pushes right *because* the pole falls
+    right: a world trained on its play with ``condition`` moved the pole the way it was pushed).
+    Recordings without the free mark (before 2026-12-02) count every action as free."""
     head_weight: float = 0.1
     """Weight of the reward/termination head loss."""
     term_boost: float = 0.1
@@ -86,6 +88,14 @@ def train_teacher(
 ) -> dict[str, float]:
     if cfg.policy_actions not in ("condition", "null"):
         raise ValueError(f"teacher.policy_actions is 'condition' or 'null', got {cfg.policy_actions!r}")
+    free_share = sampler.free_share()
+    if cfg.policy_actions == "null" and free_share < 0.05:
+        log.warning(
+            "only %.1f%% of the recorded actions are free (chosen without looking at the game): with "
+            "teacher.policy_actions=null the world learns little of what actions do; record with --explore / "
+            "random play, or --set teacher.policy_actions=condition",
+            100 * free_share,
+        )
     model = world.denoiser
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
