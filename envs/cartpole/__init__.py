@@ -47,9 +47,10 @@ WORLD = WorldDef(
     # Closed-loop control fidelity (worldsim eval): the real pole stays up under `balance` and falls
     # within frames under `wrong_way`; a world that obeys the controls does the same.
     controllers={"balance": balance, "wrong-way": wrong_way},
-    # The recipe `worldsim train cartpole --stage all --baselines` runs on a 2-core CPU (~2 h in all). The
-    # shipped file was warm-started from the previous world, fine-tuned on random play and sampled with
-    # action guidance 3.0: the exact commands are in README.md (this folder).
+    # The recipe `worldsim train cartpole --stage all --baselines` runs on a 2-core CPU (~2 h in all); its
+    # teacher learns what actions do from free actions only (teacher.policy_actions="null", the default).
+    # The shipped file was warm-started from the previous world and fine-tuned in five rounds (the last
+    # with free actions only), guidance off: the exact commands are in README.md (this folder).
     train={
         "codec": {"steps": 1200, "batch": 32},
         "teacher": {"steps": 1800, "batch": 16, "clip_len": 8},
