@@ -227,6 +227,9 @@ class KillAfter:
         self.n -= 1
         return self.s.sample(batch)
 
+    def free_share(self) -> float:
+        return self.s.free_share()
+
 
 def test_kill_and_resume_reproduces_loss(tmp_path: Path) -> None:
     eps = encode_episodes(tiny_world().codec, toy_episodes(), CPU)
