@@ -294,8 +294,8 @@ def diagnose(
             f"the recorded actions are nearly determined by the frames (predictability {diag.predictability:.2f} > "
             f"{WARN_PREDICTABILITY}): a world trained on this learns the policy, not what the actions do. "
             "Mix in state-independent exploration: `worldsim record ... --explore 0,0.5 --branch 0.5` "
-            "(or an `Exploration` in the recipe), or add random / sticky episodes, and train with "
-            "`--set teacher.policy_actions=null` so only those teach what the actions do."
+            "(or an `Exploration` in the recipe), or add random / sticky episodes: with the default "
+            "`teacher.policy_actions=null` only those teach the world what the actions do."
         )
     return diag
 

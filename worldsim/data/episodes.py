@@ -51,8 +51,8 @@ class Episode:
     policy, or exploration replacing the policy's action). Only these show what an action does
     on its own: a policy's own action also says what it saw (CartPole's balancing bot pushes
     right *because* the pole falls right), and a world trained on it can learn that instead
-    (``worldsim train --set teacher.policy_actions=null`` learns action effects from free
-    actions alone). None: not recorded (data sets before 2026-12-02)."""
+    (``worldsim train`` learns action effects from free actions alone: ``teacher.policy_actions``,
+    default ``null``). None: not recorded (data sets before 2026-12-02)."""
 
     def __len__(self) -> int:
         return len(self.actions)

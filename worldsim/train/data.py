@@ -37,7 +37,11 @@ class AlignedEpisode:
     has_action: np.ndarray  # (L+1,) bool
     rewards: np.ndarray  # (L+1,) float32
     terminated: np.ndarray  # (L+1,) bool
-    free: np.ndarray | None = None  # (L+1,) bool; None: every action with has_action is free
+    free: np.ndarray | None = None  # (L+1,) bool; None (not recorded): has_action, every action free
+
+    def __post_init__(self) -> None:
+        if self.free is None:  # the one place an unrecorded free mark is filled in
+            self.free = self.has_action
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -69,7 +73,7 @@ def align(ep: object, spec: ActionSpec) -> AlignedEpisode:
     rewards = np.concatenate([[0.0], np.asarray(ep.rewards, dtype=np.float32)]).astype(np.float32)  # type: ignore[attr-defined]
     term = np.concatenate([[False], np.asarray(ep.terminated).astype(bool)])  # type: ignore[attr-defined]
     rec_free = getattr(ep, "free", None)
-    free = has if rec_free is None else np.concatenate([[False], np.asarray(rec_free).astype(bool)])
+    free = None if rec_free is None else np.concatenate([[False], np.asarray(rec_free).astype(bool)])
     return AlignedEpisode(frames, actions, has, rewards, term, free)
 
 
@@ -143,7 +147,7 @@ class ClipSampler:
     def free_share(self) -> float:
         """Share of the actions chosen without looking at the game (all, where not recorded)."""
         has = sum(int(e.has_action.sum()) for e in self.eps)
-        free = sum(int((e.has_action if e.free is None else e.free & e.has_action).sum()) for e in self.eps)
+        free = sum(int((e.free & e.has_action).sum()) for e in self.eps)  # type: ignore[operator]
         return free / max(has, 1)
 
     def sample(self, batch: int) -> Batch:
@@ -162,7 +166,7 @@ class ClipSampler:
             has.append(e.has_action[s : s + T])
             rew.append(e.rewards[s : s + T])
             term.append(e.terminated[s : s + T])
-            free.append((e.has_action if e.free is None else e.free)[s : s + T])
+            free.append(e.free[s : s + T])  # type: ignore[index]
         return Batch(
             torch.from_numpy(np.stack(xs)),
             torch.from_numpy(np.stack(acts)),
