@@ -53,6 +53,8 @@ class Args:
     """Bundled world: its gym id is trained in, its real game (and crop, frameskip) scores the agent."""
     world_path: str = ""
     """Train in this checkpoint instead of the bundled one (a world of the same real game)."""
+    sampler: str = ""
+    """Override the world's sampler for training and the dream scores: FIELD=VALUE items separated by ';' (e.g. guidance_scale=1.5)."""
     obs: str = "pixels"
     """What the agent sees of each frame: "pixels" (CnnPolicy) or "state" (the world's state reader, MlpPolicy)."""
     total_timesteps: int = 100_000
@@ -100,14 +102,18 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
 
     import worldsim  # noqa: F401  (registers worldsim/CartPole-v0)
     from worldsim.gym import WorldVectorEnv, to_sb3
+    from worldsim.gym.core import load_world
     from worldsim.worlds import get_world
 
     pixels = args.obs == "pixels"
     kwargs: dict[str, Any] = dict(
         channels_first=pixels, max_episode_steps=args.max_episode_steps, device=args.device or None
     )
-    if args.world_path:
-        venv: Any = WorldVectorEnv(args.world_path, num_envs=args.num_envs, **kwargs)
+    if args.world_path or args.sampler:
+        model = load_world(args.world_path or args.world, args.device or None)
+        if args.sampler:  # sessions read the sampler when they open: set it before the env exists
+            model.config.sampler = model.config.sampler.with_overrides([s for s in args.sampler.split(";") if s])
+        venv: Any = WorldVectorEnv(model, num_envs=args.num_envs, **kwargs)
     else:
         gym_id = get_world(args.world).gym_id
         venv = gym.make_vec(gym_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **kwargs)

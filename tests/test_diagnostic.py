@@ -133,6 +133,19 @@ def test_diagnostic_flags_a_deterministic_policy_and_passes_random_play() -> Non
     assert "policy_actions=null" in det.warning
 
 
+def test_diagnostic_predictable_policy_with_enough_free_actions_does_not_warn() -> None:
+    """With the default teacher.policy_actions=null the free actions teach the controls: a predictable
+    policy is harmless once at least MIN_FREE_SHARE of the actions are free."""
+    from worldsim.data.diagnostic import MIN_FREE_SHARE
+
+    eps = _dot_episodes(True)
+    for e in eps:  # a quarter of each episode marked free (exploration), the rest the policy's
+        e.free = np.arange(len(e.actions)) % 4 == 0
+    d = diagnose(eps, SPEC, cfg=FAST)
+    assert d.predictability > 0.8 and d.free_share is not None and d.free_share >= MIN_FREE_SHARE
+    assert d.warning is None and "harmless" in d.summary()
+
+
 def test_diagnostic_box_actions() -> None:
     eps = _dot_episodes(True)
     for e in eps:  # a Box(1) action: the dot's position, known from the frame

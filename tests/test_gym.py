@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -271,6 +272,7 @@ def test_dream_to_real_example_runs(
     spec.loader.exec_module(mod)
     out = tmp_path / "d2r.json"
     collect = dict(collect_out=str(tmp_path / "agent-data"), collect_episodes=2, save_agent=str(tmp_path / "a.zip"))
+    collect["sampler"] = "guidance_scale=1.5;"  # the dream's sampler overridden (';'-separated, empty items ok)
     args = mod.Args(
         world_path=str(tiny_world_path), obs=obs, total_timesteps=16, num_envs=2, max_episode_steps=5,
         eval_episodes=2, json_out=str(out), **(collect if obs == "state" else {}),
@@ -286,6 +288,8 @@ def test_dream_to_real_example_runs(
         assert manifest["episodes"] == 2 and "dream-agent" in json.dumps(manifest)
         assert all(len(e) <= 5 for e in load_episodes(tmp_path / "agent-data", split=None))
         assert (tmp_path / "a.zip").exists()
+        with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+            mod.make_dream(dataclasses.replace(args, sampler="no_such_field=1"))
 
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,8 @@ action input, and the trained world follows the controller and ignores the playe
 
 ``worldsim record`` runs it at the end and stores the result in the manifest
 (``manifest["diagnostic"]``); ``worldsim data-check DIR`` runs it on an existing folder.
-It warns, with the fix, when predictability is above :data:`WARN_PREDICTABILITY`.
+It warns, with the fix, when predictability is above :data:`WARN_PREDICTABILITY` and fewer than
+:data:`MIN_FREE_SHARE` of the actions are free (a recording without free marks counts as none free).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 
 WARN_PREDICTABILITY = 0.5
 """Above this the recording's actions are nearly determined by its frames: a warning names the fix."""
+
+MIN_FREE_SHARE = 0.1
+"""Below this share of free actions (``Episode.free``) a recording teaches little of what the actions
+do under ``teacher.policy_actions=null`` (the default); at or above it, predictable policy actions
+are harmless (the teacher conditions on the free ones only), so predictability alone does not warn."""
 
 
 @dataclass
@@ -101,6 +107,11 @@ class Diagnostic:
             lines.append(
                 f"  free actions (chosen without looking at the game: random play, exploration): {self.free_share:.0%}"
             )
+            if self.predictability > WARN_PREDICTABILITY and self.free_share >= MIN_FREE_SHARE:
+                lines.append(
+                    "  the policy's own actions are predictable, which is harmless with the default "
+                    "teacher.policy_actions=null: the world learns what actions do from the free ones"
+                )
         for name, c in self.coverage.items():
             lines.append(
                 f"  {name}: 1/50/99% = {c['q01']:.3g} / {c['q50']:.3g} / {c['q99']:.3g}, "
@@ -289,7 +300,7 @@ def diagnose(
         frames = np.concatenate([x_tr[:, :, :, 3:], x_te[:, :, :, 3:]])
         states = np.asarray(reader(frames), dtype=np.float64)
         diag.coverage = coverage(states, tuple(world.state_names), getattr(world, "state_ranges", None))
-    if diag.predictability > WARN_PREDICTABILITY:
+    if diag.predictability > WARN_PREDICTABILITY and (diag.free_share or 0.0) < MIN_FREE_SHARE:
         diag.warning = (
             f"the recorded actions are nearly determined by the frames (predictability {diag.predictability:.2f} > "
             f"{WARN_PREDICTABILITY}): a world trained on this learns the policy, not what the actions do. "

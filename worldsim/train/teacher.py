@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from worldsim.data.diagnostic import MIN_FREE_SHARE
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
@@ -89,7 +90,7 @@ def train_teacher(
     if cfg.policy_actions not in ("condition", "null"):
         raise ValueError(f"teacher.policy_actions is 'condition' or 'null', got {cfg.policy_actions!r}")
     free_share = sampler.free_share()
-    if cfg.policy_actions == "null" and free_share < 0.05:
+    if cfg.policy_actions == "null" and free_share < MIN_FREE_SHARE:
         log.warning(
             "only %.1f%% of the recorded actions are free (chosen without looking at the game): with "
             "teacher.policy_actions=null the world learns little of what actions do; record with --explore / "
