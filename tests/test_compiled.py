@@ -132,6 +132,38 @@ def test_sampler_overrides_name_the_fields() -> None:
         cfg.with_overrides(["steps=3"])
     with pytest.raises(ValueError, match="cache_pass must be one of"):
         cfg.with_overrides(["cache_pass=sometimes"])
+    with pytest.raises(ValueError, match="guidance_scale must be a number"):
+        cfg.with_overrides(["guidance_scale=strong"])
+    with pytest.raises(ValueError, match=r"noise levels in \(0, 1\]"):
+        cfg.with_overrides(["timesteps=(1.0, 0.0)"])
+
+
+def test_sampler_command_bakes_values_in(
+    tiny_world_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`worldsim sampler W --set ...` writes a copy with the new sampler, the same weights and a
+    provenance entry per change; a bad value writes nothing."""
+    import json
+
+    from worldsim import checkpoint as ckpt
+    from worldsim.cli import main
+    from worldsim.engine.world import WorldModel
+
+    out = tmp_path / "tuned.safetensors"
+    assert main(["sampler", str(tiny_world_path), "--set", "guidance_scale=1.5", "--out", str(out)]) == 0
+    assert main(["sampler", str(out), "--set", "timesteps=(1.0, 0.5)"]) == 0  # in place, a second change
+    w = WorldModel.load(out, device="cpu", compile=False)
+    assert w.config.sampler.guidance_scale == 1.5 and w.config.sampler.timesteps == (1.0, 0.5)
+    assert w.provenance["sampler"]["to"]["guidance_scale"] == 1.5 and "sampler-2" in w.provenance
+    a, _ = ckpt.load_file(tiny_world_path)
+    b, _ = ckpt.load_file(out)
+    assert ckpt.tensor_digest(a) == ckpt.tensor_digest(b)
+    capsys.readouterr()
+    assert main(["sampler", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["guidance_scale"] == 1.5
+    before = out.read_bytes()
+    assert main(["sampler", str(out), "--set", "guidance_scale=strong"]) == 2
+    assert "guidance_scale must be a number" in capsys.readouterr().err and out.read_bytes() == before
 
 
 def test_a_corrupt_cached_package_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

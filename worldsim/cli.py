@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data-check": ("worldsim.data.diagnostic", "can a world learn the actions from this recording? (predictability)"),
     "train": ("worldsim.train.cli", "train a world: codec, teacher, student, self-forcing"),
     "eval": ("worldsim.eval.cli", "compare world checkpoints against the real game"),
+    "sampler": ("worldsim.sampler_cli", "show a world file's sampler, or bake new values in (guidance, steps)"),
     "bench": ("worldsim.bench", "measure frames/s, latency, memory and FLOPs"),
     "play": ("worldsim.play", "play a world with the keyboard in a pygame window"),
     "serve": ("worldsim.serve.cli", "serve worlds over gRPC"),

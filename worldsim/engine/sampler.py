@@ -51,8 +51,12 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.cache_pass not in CACHE_PASSES:
             raise ValueError(f"sampler.cache_pass must be one of {CACHE_PASSES}, got {self.cache_pass!r}")
-        if not self.timesteps:
-            raise ValueError("sampler.timesteps must list at least one noise level")
+        if not self.timesteps or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in self.timesteps):
+            raise ValueError(f"sampler.timesteps must list noise levels in (0, 1], got {self.timesteps!r}")
+        for name in ("guidance_scale", "shift"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"sampler.{name} must be a number, got {value!r}")
 
     def with_overrides(self, items: Sequence[str]) -> SamplerConfig:
         """A copy with ``field=value`` items applied (values as Python literals): e.g.
