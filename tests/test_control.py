@@ -3,6 +3,7 @@ for a world that ignores its actions, and the real game's snapshots restore exac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +32,17 @@ class ConstantActions:
 
     def run(self, starts: Sequence[StartState], actions: np.ndarray) -> Branches:
         return self.inner.run(starts, np.full_like(actions, self.action))
+
+
+class Shifted:
+    """The real game drawn ``px`` pixels to the right: every action does what it should, with a drift."""
+
+    def __init__(self, inner: RealSide, px: int) -> None:
+        self.inner, self.px = inner, px
+
+    def run(self, starts: Sequence[StartState], actions: np.ndarray) -> Branches:
+        b = self.inner.run(starts, actions)
+        return dataclasses.replace(b, frames=np.roll(b.frames, self.px, axis=-2))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +89,8 @@ def test_real_game_as_the_world_is_exact(cartpole) -> None:  # type: ignore[no-u
         assert v.sign_agreement == 1.0 and v.magnitude_ratio == 1.0, name
         assert all(s == 1.0 for s in v.sign_per_frame if np.isfinite(s)), name
         assert all(e == 0.0 for e in v.error_per_frame if np.isfinite(e)), name
+        assert all(b == 0.0 for b in v.bias_per_frame + v.bias_per_action if np.isfinite(b)), name
+    assert len(held.variables["pole_angle"].bias_per_action) == 2 and not held.variables[PIXELS].bias_per_frame
     # Pushing right moves the cart right of pushing left, in the real game.
     assert held.variables["cart_x"].real_effect_per_frame[-1] > 0
     resets = collect_starts(game, 12, context=2, seed=100, prefix=(0, 0))
@@ -105,6 +119,20 @@ def test_a_world_that_ignores_actions_scores_chance(cartpole, tiny_world) -> Non
     assert v.pairs_scored == 24 and 0.25 <= v.sign_agreement <= 0.75, v
     t = targets(ControlFidelity([], noisy), "my-game")
     assert list(t) == ["pixels sign agreement"] and not t["pixels sign agreement"]["pass"]
+
+
+def test_a_drift_shows_as_bias_not_in_the_pair_effects(cartpole) -> None:  # type: ignore[no-untyped-def]
+    """A world whose cart sits 3 pixels right of the real one: signs and ratios exact, the bias positive."""
+    wd, game, spec = cartpole
+    real = RealSide(game)
+    starts = collect_starts(game, 6, context=2, seed=0, prefix=(0, 6))
+    cart = held_fidelity(
+        held_runs(Shifted(real, 3), real, starts, probe_actions(spec), k=3), wd.state_reader, wd.state_names
+    )
+    v = cart.variables["cart_x"]
+    assert v.sign_agreement == 1.0 and v.magnitude_ratio == pytest.approx(1.0, abs=0.05)
+    assert all(b > 0.1 for b in v.bias_per_frame + v.bias_per_action), v  # 3 px = 0.225 env units
+    assert all(b == pytest.approx(e) for b, e in zip(v.bias_per_frame, v.error_per_frame))
 
 
 def test_world_side_batches_do_not_change_results(cartpole, tiny_world) -> None:  # type: ignore[no-untyped-def]

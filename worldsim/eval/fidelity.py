@@ -13,7 +13,11 @@ reader on both sides) and per frame 1..k after the branch point:
   still live;
 - **magnitude ratio**: median of |world effect| / |real effect| per frame, and pooled over frames
   1..min(6, k) (the headline);
-- **error**: mean |world state - real state| per frame over (start, action).
+- **error**: mean |world state - real state| per frame over (start, action);
+- **bias**: the same signed, mean (world state - real state), per frame and per held action: a
+  drift the pair effects cannot see (both actions' outcomes shifted the same way, as when the
+  dreamed pole leans to one side), which an agent trained in the world learns to correct and
+  then over-corrects in the real game.
 
 Frames after the real game's end are not scored (the end frame itself is). A game without a state
 reader is scored the same way on pixels: the branch-difference images, sign = the sign of their
@@ -63,6 +67,8 @@ class VariableFidelity:
     ratio_per_frame: list[float]
     error_per_frame: list[float]
     real_effect_per_frame: list[float]  # median |real effect|, for scale
+    bias_per_frame: list[float] = field(default_factory=list)  # mean (world - real) state; empty for pixels
+    bias_per_action: list[float] = field(default_factory=list)  # the same per held action, over all frames
 
 
 @dataclass
@@ -178,9 +184,11 @@ def held_fidelity(runs: HeldRuns, reader: Reader | None, state_names: Sequence[s
         rs, ws = rs.reshape(N, A, k, -1), ws.reshape(N, A, k, -1)
         for c, name in enumerate(state_names):
             err = _nan(np.nanmean, np.where(live, np.abs(ws[..., c] - rs[..., c]), np.nan), axis=(0, 1))
-            out.variables[name] = _score(
-                name, _pair_effects(ws[..., c], pairs), _pair_effects(rs[..., c], pairs), plive, err, eps
-            )
+            v = _score(name, _pair_effects(ws[..., c], pairs), _pair_effects(rs[..., c], pairs), plive, err, eps)
+            diff = np.where(live, ws[..., c] - rs[..., c], np.nan)  # (N, A, k)
+            v.bias_per_frame = [float(x) for x in _nan(np.nanmean, diff, axis=(0, 1))]
+            v.bias_per_action = [float(x) for x in _nan(np.nanmean, diff, axis=(0, 2))]
+            out.variables[name] = v
     out.variables[PIXELS] = _pixel_fidelity(runs, pairs, live, plive)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -299,9 +300,16 @@ def _held_tables(name: str, h: HeldFidelity) -> list[str]:
     ]
     for v in h.variables.values():
         head = f"| {v.name} | {v.pairs_scored} | {_fmt(v.sign_agreement)} | {_fmt(v.magnitude_ratio)} |"
-        for label, row in (("sign", v.sign_per_frame), ("ratio", v.ratio_per_frame), ("error", v.error_per_frame)):
+        rows = [("sign", v.sign_per_frame), ("ratio", v.ratio_per_frame), ("error", v.error_per_frame)]
+        for label, row in rows + ([("bias", v.bias_per_frame)] if v.bias_per_frame else []):
             lines.append(head + " " + " | ".join(f"{label} {_fmt(x)}" for x in row) + " |")
             head = "| | | | |"
+    biased = [v for v in h.variables.values() if v.bias_per_action]
+    if biased:
+        lines += ["", "Bias (mean world - real state over the held frames) per held action:", ""]
+        lines += ["| variable | " + " | ".join(f"action {json.dumps(a)}" for a in h.actions) + " |"]
+        lines += ["|---|" + "---|" * len(h.actions)]
+        lines += [f"| {v.name} | " + " | ".join(_fmt(x) for x in v.bias_per_action) + " |" for v in biased]
     return [*lines, ""]
 
 
