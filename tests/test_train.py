@@ -315,6 +315,29 @@ def test_train_data_from_several_recordings_of_one_game(tmp_path: Path) -> None:
         same_game([tmp_path / "a", tmp_path / "missing"], "cartpole")
 
 
+def test_mirrored_episodes_flip_frames_and_swap_actions() -> None:
+    """--mirror 1,0 (CartPole): frames flipped left-right, pushes swapped, the null first action kept."""
+    from worldsim.spaces import ActionSpec
+    from worldsim.train.data import mirror_episodes
+    from worldsim.train.recipe import parse_mirror
+
+    spec = ActionSpec(kind="discrete", n=2)
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    frames[:, :, 1] = 255  # a bar left of centre
+    has = np.array([False, True, True, True])
+    ep = AlignedEpisode(frames, np.array([0, 0, 1, 1]), has, np.zeros(4, np.float32), np.zeros(4, bool), has.copy())
+    (m,) = mirror_episodes([ep], parse_mirror("1,0"), spec)
+    assert (m.frames[:, :, 6] == 255).all() and (m.frames[:, :, 1] == 0).all()
+    assert m.actions.tolist() == [0, 1, 0, 0] and m.has_action.tolist() == has.tolist()
+    assert m.free is not None and m.free.tolist() == has.tolist() and ep.actions.tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="permutation"):
+        mirror_episodes([ep], [1, 1], spec)
+    with pytest.raises(ValueError, match="Discrete"):
+        mirror_episodes([ep], [0], ActionSpec(kind="box", n=1, shape=(1,), low=(-1.0,), high=(1.0,)))
+    with pytest.raises(ValueError, match="e.g. 1,0"):
+        parse_mirror("left,right")
+
+
 def test_guidance_stage_distils_the_guided_prediction(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 

@@ -50,11 +50,19 @@ from worldsim.engine.cache import CacheConfig
 from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldModel, default_device
 from worldsim.train.codec_stage import train_codec
-from worldsim.train.data import ClipSampler, encode_episodes, load_aligned, same_game
+from worldsim.train.data import ClipSampler, encode_episodes, load_aligned, mirror_episodes, same_game
 from worldsim.train.guidance import GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.loop import init_distributed, seed_everything
-from worldsim.train.recipe import STAGE_CONFIGS, STAGES, build_config, name_from_env_id, parse_sets, world_config
+from worldsim.train.recipe import (
+    STAGE_CONFIGS,
+    STAGES,
+    build_config,
+    name_from_env_id,
+    parse_mirror,
+    parse_sets,
+    world_config,
+)
 from worldsim.train.self_forcing import train_self_forcing
 from worldsim.train.student import train_student
 from worldsim.train.teacher import train_teacher
@@ -127,6 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field"
+    )
+    parser.add_argument(
+        "--mirror",
+        default=None,
+        metavar="A,B,...",
+        help="also train on left-right mirrored copies of the training episodes, action a becoming the a-th "
+        "entry (CartPole: 1,0); for games that look the same in a mirror, it makes the world's dynamics symmetric",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last state")
     parser.add_argument("--export", action="store_true", help="copy the result to envs/<world>/<world>.safetensors")
@@ -264,6 +279,9 @@ def _run_stage(args: argparse.Namespace) -> int:
     t0 = time.time()
     train_eps, spec = load_aligned(data, "train")
     val_eps, _ = load_aligned(data, "val")
+    if args.mirror:
+        train_eps = train_eps + mirror_episodes(train_eps, parse_mirror(args.mirror), spec)
+        log.info("with mirrored copies: %d train episodes", len(train_eps))
     st = _Stage(
         args, d, device, sets, world_def, recipe, data, timing, stage_cfg, root, sf_name, root / run_name,
         train_eps, val_eps, spec,
@@ -362,6 +380,7 @@ def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: 
         "device": str(st.device),
         "data": [str(p) for p in st.data],
         "train_frames": sum(len(e) for e in st.train_eps),
+        "mirror": args.mirror,
         "metrics": metrics,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,

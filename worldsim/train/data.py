@@ -89,6 +89,32 @@ def load_aligned(dirs: str | Path | Sequence[str | Path], split: str | None) -> 
     return eps, spec
 
 
+def mirror_episodes(eps: Sequence[AlignedEpisode], perm: Sequence[int], spec: ActionSpec) -> list[AlignedEpisode]:
+    """Left-right mirrored copies of ``eps``: every frame flipped, action ``a`` replaced by ``perm[a]``.
+
+    For games that look the same in a mirror (CartPole: push left <-> push right, ``perm = (1, 0)``),
+    training on both copies makes the world's dynamics symmetric, so no action is stronger in the
+    world than its mirror image (an asymmetry an agent trained in the world learns to lean on).
+    Raw frames only (mirror before encoding: the codec is not flip-equivariant); Discrete actions.
+    """
+    if spec.kind != "discrete":
+        raise ValueError(f"--mirror needs a Discrete action space, the data has {spec.kind}")
+    table = np.asarray(perm, dtype=np.int64)
+    if sorted(table.tolist()) != list(range(spec.n)):
+        raise ValueError(f"--mirror must list each of the {spec.n} actions once (a permutation), got {list(perm)}")
+    out = []
+    for e in eps:
+        if e.frames.ndim != 4 or e.frames.shape[-1] != 3:
+            raise ValueError("mirror_episodes needs raw (L, H, W, 3) frames, before encoding")
+        acts = np.where(e.has_action, table[np.clip(e.actions - spec.start, 0, spec.n - 1)] + spec.start, e.actions)
+        out.append(
+            AlignedEpisode(
+                np.ascontiguousarray(e.frames[:, :, ::-1]), acts, e.has_action, e.rewards, e.terminated, e.free
+            )
+        )
+    return out
+
+
 def same_game(dirs: Sequence[Path], world: str) -> dict[str, Any]:
     """The first folder's manifest, once every folder is checked to hold a recording of the same game
     with the same frames (game id, frameskip, crop, action space); ValueError naming the fix."""

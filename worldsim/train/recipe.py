@@ -43,6 +43,14 @@ MODEL_CONFIGS: dict[str, type] = {
 }
 
 
+def parse_mirror(text: str) -> list[int]:
+    """``--mirror 1,0`` -> [1, 0] (the action each action becomes in the mirror)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--mirror takes comma-separated action numbers, e.g. 1,0; got {text!r}") from None
+
+
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in items:
