@@ -162,6 +162,17 @@ def save_file(path: str | Path, tensors: dict[str, torch.Tensor], config: Any, p
             os.unlink(tmp)
 
 
+def provenance_key(provenance: dict[str, Any], base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``...: the first key not yet in ``provenance`` (a second
+    fine-tune round is ``finetune-2``, a second sampler change ``sampler-2``)."""
+    key = base
+    for i in range(2, 10_000):
+        if key not in provenance:
+            return key
+        key = f"{base}-{i}"
+    raise ValueError(f"too many {base!r} entries in the provenance")
+
+
 # ----------------------------------------------------------------------------- integrity
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 (hex) over every tensor's name, dtype, shape and raw bytes, in name order."""

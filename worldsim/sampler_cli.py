@@ -38,16 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write here (default: the input file, in place)")
 
 
-def next_key(provenance: dict[str, object], base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... : the first key not yet in ``provenance``."""
-    key = base
-    for i in range(2, 10_000):
-        if key not in provenance:
-            return key
-        key = f"{base}-{i}"
-    raise ValueError(f"too many {base!r} entries in the provenance")
-
-
 def main(args: argparse.Namespace) -> int:
     from worldsim.engine.world import WorldConfig, upgrade_config
 
@@ -64,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     new = old.with_overrides(args.sets)  # a bad value fails here (SamplerConfig checks), before any write
     config.sampler = new
     provenance = dict(meta.get("provenance", {}))
-    provenance[next_key(provenance, "sampler")] = {
+    provenance[ckpt.provenance_key(provenance, "sampler")] = {
         "from": ckpt.to_jsonable(old),
         "to": ckpt.to_jsonable(new),
         "set": list(args.sets),
@@ -72,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
     }
     out = args.out or args.world
     ckpt.save_file(out, tensors, config, provenance)
-    changed = {k: v for k, v in dataclasses.asdict(new).items() if dataclasses.asdict(old)[k] != v}
+    before = dataclasses.asdict(old)
+    changed = {k: v for k, v in dataclasses.asdict(new).items() if before[k] != v}
     log.info("wrote %s with sampler %s", out, json.dumps(changed))
     return 0

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldsim.checkpoint import to_jsonable
+from worldsim.checkpoint import provenance_key, to_jsonable
 from worldsim.engine.cache import CacheConfig
 from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldModel, default_device
@@ -368,12 +368,8 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
 def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: dict[str, Any], wall: float) -> None:
     """The stage's world with its provenance, its summary, and (``--export``) the bundled copy."""
     args = st.args
-    key = base = args.stage if args.mode == "self" or args.stage != "self-forcing" else f"{args.stage}-{args.mode}"
-    for i in range(2, 1000):  # a second finetune round is "finetune-2", and so on
-        if key not in provenance:
-            break
-        key = f"{base}-{i}"
-    provenance[key] = {
+    base = args.stage if args.mode == "self" or args.stage != "self-forcing" else f"{args.stage}-{args.mode}"
+    provenance[provenance_key(provenance, base)] = {
         "config": to_jsonable(st.cfg),
         "wall_seconds": round(wall, 1),
         "processes": st.d.world_size,
