@@ -1,8 +1,9 @@
 """Dream to real: train PPO only inside the neural CartPole, then score it in the real CartPole-v1.
 
-The agent never sees the real game while it learns: it steps ``worldsim/CartPole-v0`` (the
-learned world; ``num_envs`` rows advanced by one batched engine call per step, through
-``gym.make_vec(..., vectorization_mode="vector_entry_point")`` and the SB3 adapter). Then the
+The agent never sees the real game while it learns: it steps the learned world (the bundled
+``cartpole`` or ``--world-path``; ``num_envs`` rows advanced by one batched engine call per step,
+through ``WorldVectorEnv`` and the SB3 adapter), or an ensemble of learned worlds
+(``--ensemble``, below). Then the
 same policy plays the real CartPole-v1 from pixels: each real frame goes through the recorder's
 own crop + 64x64 area resize (``worldsim.data.preprocess``) and every action is held for the
 world's frameskip, exactly as when the world's training data was recorded. Both returns are
@@ -31,6 +32,14 @@ world on them and train again::
         --data data/cartpole-agent data/cartpole --runs runs-round2
     python examples/dream_to_real.py --obs state --world-path runs-round2/cartpole/finetune/world.safetensors
 
+An ensemble, when one world's errors are what the agent learns (it leans on a push that is too
+strong in the dream, and fails in the game): ``--ensemble`` splits the rows over several worlds
+of the game, each a checkpoint with its own sampler (action guidance sets how hard a push is
+felt), so the agent must succeed in all of them (model-based RL's answer, as in ME-TRPO)::
+
+    python examples/dream_to_real.py --obs state --num-envs 32 \
+        --ensemble 'envs/cartpole/cartpole.safetensors@guidance_scale=3.0|round7.safetensors@guidance_scale=1.5'
+
 Returns are in the real game's reward units in both worlds: a neural frame's reward is the sum
 of the real rewards over the frameskip, as recorded.
 """
@@ -55,6 +64,8 @@ class Args:
     """Train in this checkpoint instead of the bundled one (a world of the same real game)."""
     sampler: str = ""
     """Override the world's sampler for training and the dream scores: FIELD=VALUE items separated by ';' (e.g. guidance_scale=1.5)."""
+    ensemble: str = ""
+    """Train in several worlds at once, rows split evenly: members separated by '|', each PATH[@FIELD=VALUE;...] (a checkpoint and its sampler overrides), e.g. 'a.safetensors@guidance_scale=3.0|b.safetensors@guidance_scale=1.5'. Replaces --world-path / --sampler."""
     obs: str = "pixels"
     """What the agent sees of each frame: "pixels" (CnnPolicy) or "state" (the world's state reader, MlpPolicy)."""
     total_timesteps: int = 100_000
@@ -91,33 +102,52 @@ class Args:
     """Episodes to record with --collect-out."""
     collect_explore: str = "0.1,0.4"
     """Per-episode share of the agent's actions replaced by random ones, drawn from LOW,HIGH."""
+    verbose: int = 0
+    """Stable-Baselines3's verbosity: 1 logs each rollout's dream episode return and length (ep_rew_mean, ep_len_mean)."""
     device: str = ""
     """Torch device for the world model ("" = CUDA if available, else CPU)."""
 
 
+def members(args: Args) -> list[tuple[str, str]]:
+    """The dream's worlds as (checkpoint or bundled name, sampler overrides): one, or the --ensemble."""
+    if not args.ensemble:
+        return [(args.world_path or args.world, args.sampler)]
+    out = []
+    for item in args.ensemble.split("|"):
+        path, _, sampler = item.strip().partition("@")
+        if not path:
+            raise SystemExit(f"--ensemble: empty member in {args.ensemble!r}; use 'PATH[@FIELD=VALUE;...]|PATH...'")
+        out.append((path, sampler))
+    if args.num_envs % len(out):
+        raise SystemExit(f"--num-envs {args.num_envs} does not split evenly over {len(out)} ensemble members")
+    return out
+
+
 def make_dream(args: Args):  # type: ignore[no-untyped-def]
-    """The neural world as an SB3 VecEnv: channel-first uint8 frames, ``n_stack`` stacked."""
-    import gymnasium as gym
+    """The neural world(s) as an SB3 VecEnv: channel-first uint8 frames (or read states), ``n_stack`` stacked.
+
+    With ``--ensemble`` each member is its own batched vector env of ``num_envs / members`` rows
+    (:func:`worldsim.gym.ensemble.concat_sb3`): the agent meets every member in every rollout.
+    """
     from stable_baselines3.common.vec_env import VecFrameStack
 
     import worldsim  # noqa: F401  (registers worldsim/CartPole-v0)
     from worldsim.gym import WorldVectorEnv, to_sb3
     from worldsim.gym.core import load_world
+    from worldsim.gym.ensemble import concat_sb3
     from worldsim.worlds import get_world
 
     pixels = args.obs == "pixels"
-    kwargs: dict[str, Any] = dict(
-        channels_first=pixels, max_episode_steps=args.max_episode_steps, device=args.device or None
-    )
-    if args.world_path or args.sampler:
-        model = load_world(args.world_path or args.world, args.device or None)
-        if args.sampler:  # sessions read the sampler when they open: set it before the env exists
-            model.config.sampler = model.config.sampler.with_overrides([s for s in args.sampler.split(";") if s])
-        venv: Any = WorldVectorEnv(model, num_envs=args.num_envs, **kwargs)
-    else:
-        gym_id = get_world(args.world).gym_id
-        venv = gym.make_vec(gym_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **kwargs)
-    sb3 = to_sb3(venv) if pixels else ReadState(to_sb3(venv), get_world(args.world).state_reader)
+    kwargs: dict[str, Any] = dict(channels_first=pixels, max_episode_steps=args.max_episode_steps)
+    parts = []
+    worlds = members(args)
+    for path, sampler in worlds:
+        model = load_world(path, args.device or None)
+        if sampler:  # sessions read the sampler when they open: set it before the env exists
+            model.config.sampler = model.config.sampler.with_overrides([s for s in sampler.split(";") if s])
+        parts.append(to_sb3(WorldVectorEnv(model, num_envs=args.num_envs // len(worlds), **kwargs)))
+    venv = parts[0] if len(parts) == 1 else concat_sb3(parts)
+    sb3 = venv if pixels else ReadState(venv, get_world(args.world).state_reader)
     vec = VecFrameStack(sb3, n_stack=args.n_stack, channels_order="first" if pixels else "last")
     vec.seed(args.seed)
     return vec
@@ -250,7 +280,7 @@ def main(args: Args) -> dict[str, float]:
         gae_lambda=args.gae_lambda,
         seed=args.seed,
         device="cpu" if not args.device else args.device,
-        verbose=0,
+        verbose=args.verbose,
     )
     t = time.time()
     model.learn(total_timesteps=args.total_timesteps)

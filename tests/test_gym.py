@@ -255,6 +255,34 @@ def test_sb3_ppo_through_adapter(tiny_world_path: Path) -> None:
     assert action.shape == (2,)
 
 
+def test_ensemble_vec_env_rows_and_seeds(tiny_world_path: Path) -> None:
+    """concat_sb3: rows in member order, seeded as one vector env (row i gets s + i), episodes end per
+    member (different limits), row-indexed attributes reach the right member; mismatched spaces refused."""
+    pytest.importorskip("stable_baselines3")
+    from worldsim.gym.ensemble import concat_sb3
+
+    a, b = WorldVectorEnv(tiny_world_path, num_envs=2, max_episode_steps=3), WorldVectorEnv(tiny_world_path, num_envs=1)
+    ens = concat_sb3([to_sb3(a), to_sb3(b)])
+    one = to_sb3(WorldVectorEnv(tiny_world_path, num_envs=3))
+    ens.seed(5)
+    one.seed(5)
+    obs, ref = ens.reset(), one.reset()
+    assert obs.shape == (3, 64, 64, 3) and [ens.member_of(i) for i in range(3)] == [0, 0, 1]
+    np.testing.assert_allclose(obs.astype(int), ref.astype(int), atol=2)  # same seeds: same start frames
+    for _ in range(3):
+        obs, rew, done, infos = ens.step(np.array([0, 1, 1]))
+    assert done.tolist() == [True, True, False] and infos[0]["TimeLimit.truncated"] and "episode" not in infos[2]
+    assert ens.get_attr("num_envs") == [2, 2, 1] and ens.get_attr("num_envs", indices=[2]) == [1]
+    with pytest.raises(ValueError, match="one per row"):
+        ens.step(np.array([0, 1]))
+    with pytest.raises(IndexError):
+        ens.member_of(3)
+    other = to_sb3(WorldVectorEnv(tiny_world_path, num_envs=1, channels_first=True))
+    with pytest.raises(ValueError, match="same channels_first"):
+        concat_sb3([to_sb3(b), other])
+    ens.close()
+
+
 @pytest.mark.parametrize("obs", ["pixels", "state"])
 def test_dream_to_real_example_runs(
     tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch, obs: str, tmp_path: Path
@@ -290,6 +318,32 @@ def test_dream_to_real_example_runs(
         assert (tmp_path / "a.zip").exists()
         with pytest.raises(ValueError, match="expected FIELD=VALUE"):
             mod.make_dream(dataclasses.replace(args, sampler="no_such_field=1"))
+
+
+def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ensemble: the rows split over two worlds (one checkpoint under two samplers), PPO runs on both."""
+    pytest.importorskip("stable_baselines3")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "dream_to_real.py"
+    spec = importlib.util.spec_from_file_location("dream_to_real", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "dream_to_real", mod)
+    spec.loader.exec_module(mod)
+    ensemble = f"{tiny_world_path}@guidance_scale=1.5|{tiny_world_path}"
+    args = mod.Args(
+        ensemble=ensemble, obs="state", total_timesteps=16, num_envs=4, max_episode_steps=5, eval_episodes=2
+    )
+    assert mod.members(args) == [(str(tiny_world_path), "guidance_scale=1.5"), (str(tiny_world_path), "")]
+    vec = mod.make_dream(args)
+    guidance = [m.venv.core.session.guidance_scale for m in vec.venv.venv.members]
+    assert guidance == [1.5, 1.0] and vec.num_envs == 4
+    vec.close()
+    res = mod.main(args)
+    assert np.isfinite(res["dream_trained"]) and res["real_random"] > 0
+    with pytest.raises(SystemExit, match="split evenly"):
+        mod.members(dataclasses.replace(args, num_envs=3))
 
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

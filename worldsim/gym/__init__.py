@@ -5,6 +5,7 @@
     envs = gym.make_vec("worldsim/CartPole-v0", num_envs=16, vectorization_mode="vector_entry_point")
     env = worldsim.gym.make_env("my_world.safetensors")        # your own checkpoint
     sb3_env = worldsim.gym.to_sb3(worldsim.gym.make_vec_env("my_world.safetensors", 16))
+    ensemble = worldsim.gym.concat_sb3([to_sb3(v) for v in vector_envs])  # rows over several worlds
 
 Attributes are imported lazily, so that ``import worldsim`` (which registers the envs through
 :mod:`worldsim.gym.registration`) never imports torch.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from worldsim.gym.ensemble import concat_sb3
     from worldsim.gym.env import WorldEnv
     from worldsim.gym.sb3 import to_sb3
     from worldsim.gym.vector import WorldVectorEnv, vector_env_steps_per_second
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "WorldEnv",
     "WorldVectorEnv",
+    "concat_sb3",
     "make_env",
     "make_vec_env",
     "register_world",
@@ -62,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from worldsim.gym.sb3 import to_sb3
 
         return to_sb3
+    if name == "concat_sb3":
+        from worldsim.gym.ensemble import concat_sb3
+
+        return concat_sb3
     if name == "register_world":
         from worldsim.gym.registration import register_world
 
