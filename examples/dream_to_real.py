@@ -94,6 +94,10 @@ class Args:
     """Write the results (returns, wall times, arguments) to this JSON file."""
     seed: int = 0
     """Seed for PPO, the neural world and the real game's episodes."""
+    load_agent: str = ""
+    """Skip training: score this saved agent (.zip, from --save-agent) instead."""
+    real_only: bool = False
+    """Score in the real game only (the dream scores step the world, which takes minutes)."""
     save_agent: str = ""
     """Save the trained PPO agent to this .zip (stable_baselines3's format)."""
     collect_out: str = ""
@@ -197,8 +201,8 @@ def dream_return(vec, policy: Callable[[np.ndarray], np.ndarray], episodes: int)
     return float(np.mean(returns[:episodes]))
 
 
-def real_return(policy: Callable[[np.ndarray], int], args: Args, episodes: int) -> float:
-    """Mean return in the real game; the policy sees preprocessed, stacked frames like in training."""
+def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int) -> np.ndarray:
+    """Returns of ``episodes`` real episodes; the policy sees preprocessed, stacked frames like in training."""
     from worldsim.data import preprocess  # the recorder's crop + area resize
     from worldsim.worlds import get_world
 
@@ -231,7 +235,7 @@ def real_return(policy: Callable[[np.ndarray], int], args: Args, episodes: int) 
             stack = stack[1:] + [frame()]
         returns.append(total)
     env.close()
-    return float(np.mean(returns))
+    return np.asarray(returns)
 
 
 def collect(model: Any, args: Args) -> dict[str, Any]:
@@ -247,7 +251,7 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
     world = get_world(args.world)
 
     def agent(env: Any, rng: np.random.Generator) -> Callable[[Any, np.ndarray], int]:
-        stack: list[np.ndarray] = []  # this episode's observations, as real_return builds them
+        stack: list[np.ndarray] = []  # this episode's observations, as real_returns builds them
 
         def act(env: Any, frame: np.ndarray) -> int:
             obs = _read(world.state_reader, frame[None])[0] if args.obs == "state" else frame.transpose(2, 0, 1)
@@ -264,10 +268,10 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
     return record(cfg)
 
 
-def main(args: Args) -> dict[str, float]:
+def train(vec: Any, args: Args) -> Any:
+    """PPO trained in the dream for ``total_timesteps`` steps."""
     from stable_baselines3 import PPO
 
-    vec = make_dream(args)
     n_steps = max(2, min(args.n_steps, args.total_timesteps // args.num_envs))
     model = PPO(
         "CnnPolicy" if args.obs == "pixels" else "MlpPolicy",
@@ -282,21 +286,39 @@ def main(args: Args) -> dict[str, float]:
         device="cpu" if not args.device else args.device,
         verbose=args.verbose,
     )
-    t = time.time()
     model.learn(total_timesteps=args.total_timesteps)
+    return model
+
+
+def main(args: Args) -> dict[str, float]:
+    from stable_baselines3 import PPO
+
+    from worldsim.worlds import get_world
+
+    vec = make_dream(args)
+    t = time.time()
+    if args.load_agent:
+        model = PPO.load(args.load_agent, env=vec, device="cpu" if not args.device else args.device)
+    else:
+        model = train(vec, args)
     train_s = time.time() - t
-    print(f"trained PPO for {args.total_timesteps} steps in the neural world in {train_s:.1f} s")
+    if not args.load_agent:
+        print(f"trained PPO for {args.total_timesteps} steps in the neural world in {train_s:.1f} s")
 
     rng = np.random.default_rng(args.seed)
     n_actions = int(vec.action_space.n)
-    results = {
-        "dream_trained": dream_return(vec, lambda o: model.predict(o, deterministic=True)[0], args.eval_episodes),
-        "dream_random": dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes),
-        "real_trained": real_return(
-            lambda o: int(model.predict(o, deterministic=True)[0][0]), args, args.eval_episodes
-        ),
-        "real_random": real_return(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes),
-    }
+    results: dict[str, float] = {}
+    if not args.real_only:
+        results["dream_trained"] = dream_return(
+            vec, lambda o: model.predict(o, deterministic=True)[0], args.eval_episodes
+        )
+        results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)
+    real = real_returns(lambda o: int(model.predict(o, deterministic=True)[0][0]), args, args.eval_episodes)
+    results["real_trained"] = float(np.mean(real))
+    results["real_random"] = float(
+        np.mean(real_returns(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes))
+    )
+    results["real_full_episodes"] = int(np.sum(real >= args.max_episode_steps * get_world(args.world).frameskip))
     vec.close()
     results["train_seconds"] = round(train_s, 1)
     results["eval_seconds"] = round(time.time() - t - train_s, 1)
@@ -306,11 +328,14 @@ def main(args: Args) -> dict[str, float]:
         manifest = collect(model, args)
         print(f"recorded {manifest['episodes']} real episodes ({manifest['frames']} frames) to {args.collect_out}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"args": vars(args), **results}, indent=2))
+        record = {"args": vars(args), **results, "real_trained_returns": real.tolist()}
+        Path(args.json_out).write_text(json.dumps(record, indent=2))
     rows = (("neural world (dream)", "dream"), (f"real game ({args.world}, from pixels)", "real"))
     print(f"{'mean return over ' + str(args.eval_episodes) + ' episodes':<36}{'trained PPO':>12}{'random':>10}")
     for label, key in rows:
-        print(f"  {label:<34}{results[key + '_trained']:12.1f}{results[key + '_random']:10.1f}")
+        if key + "_trained" in results:
+            print(f"  {label:<34}{results[key + '_trained']:12.1f}{results[key + '_random']:10.1f}")
+    print(f"  real episodes played to the limit: {results['real_full_episodes']} of {args.eval_episodes}")
     return results
 
 

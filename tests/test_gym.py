@@ -320,7 +320,7 @@ def test_dream_to_real_example_runs(
             mod.make_dream(dataclasses.replace(args, sampler="no_such_field=1"))
 
 
-def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--ensemble: the rows split over two worlds (one checkpoint under two samplers), PPO runs on both."""
     pytest.importorskip("stable_baselines3")
     import importlib.util
@@ -344,6 +344,14 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
     assert np.isfinite(res["dream_trained"]) and res["real_random"] > 0
     with pytest.raises(SystemExit, match="split evenly"):
         mod.members(dataclasses.replace(args, num_envs=3))
+    agent = tmp_path / "agent.zip"  # a saved agent scored again, in the real game only
+    mod.main(dataclasses.replace(args, save_agent=str(agent)))
+    again = mod.main(
+        dataclasses.replace(args, load_agent=str(agent), real_only=True, json_out=str(tmp_path / "r.json"))
+    )
+    returns = json.loads((tmp_path / "r.json").read_text())["real_trained_returns"]
+    assert "dream_trained" not in again and len(returns) == 2
+    assert again["real_full_episodes"] == sum(r >= 10 for r in returns)  # the limit: 5 frames x frameskip 2
 
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
