@@ -84,6 +84,8 @@ class Args:
     """PPO discount per frame."""
     gae_lambda: float = 0.95
     """PPO GAE lambda."""
+    end_rule: bool = False
+    """Also end dream episodes where the state read off a dreamed frame crosses the game's bounds (WorldDef.frames_done; CartPole: |x| > 2.4, |angle| > 0.21), as worldsim eval ends world episodes; the termination head alone rarely learned the cart's bounds."""
     n_stack: int = 2
     """Frames stacked as the policy's observation (one frame shows no velocity)."""
     max_episode_steps: int = 250
@@ -95,7 +97,7 @@ class Args:
     seed: int = 0
     """Seed for PPO, the neural world and the real game's episodes."""
     load_agent: str = ""
-    """Skip training: score this saved agent (.zip, from --save-agent) instead."""
+    """Start from this saved agent (.zip, from --save-agent); with --total-timesteps 0 only score it."""
     real_only: bool = False
     """Score in the real game only (the dream scores step the world, which takes minutes)."""
     save_agent: str = ""
@@ -142,7 +144,9 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
     from worldsim.worlds import get_world
 
     pixels = args.obs == "pixels"
-    kwargs: dict[str, Any] = dict(channels_first=pixels, max_episode_steps=args.max_episode_steps)
+    wd = get_world(args.world)
+    end_rule = wd.frames_done if args.end_rule else None
+    kwargs: dict[str, Any] = dict(channels_first=pixels, max_episode_steps=args.max_episode_steps, end_rule=end_rule)
     parts = []
     worlds = members(args)
     for path, sampler in worlds:
@@ -151,7 +155,7 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
             model.config.sampler = model.config.sampler.with_overrides([s for s in sampler.split(";") if s])
         parts.append(to_sb3(WorldVectorEnv(model, num_envs=args.num_envs // len(worlds), **kwargs)))
     venv = parts[0] if len(parts) == 1 else concat_sb3(parts)
-    sb3 = venv if pixels else ReadState(venv, get_world(args.world).state_reader)
+    sb3 = venv if pixels else ReadState(venv, wd.state_reader)
     vec = VecFrameStack(sb3, n_stack=args.n_stack, channels_order="first" if pixels else "last")
     vec.seed(args.seed)
     return vec
@@ -201,8 +205,10 @@ def dream_return(vec, policy: Callable[[np.ndarray], np.ndarray], episodes: int)
     return float(np.mean(returns[:episodes]))
 
 
-def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int) -> np.ndarray:
-    """Returns of ``episodes`` real episodes; the policy sees preprocessed, stacked frames like in training."""
+def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns of ``episodes`` real episodes and the state read off each one's last frame (how it
+    ended: for CartPole, cart x beyond 2.4 or the pole past 0.21 rad); the policy sees
+    preprocessed, stacked frames like in training."""
     from worldsim.data import preprocess  # the recorder's crop + area resize
     from worldsim.worlds import get_world
 
@@ -215,7 +221,7 @@ def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int)
             return _read(world.state_reader, f[None])[0]
         return f.transpose(2, 0, 1)  # (3, 64, 64), as in the dream
 
-    returns = []
+    returns, finals = [], []
     for ep in range(episodes):
         env.reset(seed=args.seed + 10_000 + ep)  # episodes the world was not trained on
         # VecFrameStack starts an episode with zeros in the older slots: do the same.
@@ -234,8 +240,10 @@ def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int)
                 break
             stack = stack[1:] + [frame()]
         returns.append(total)
+        if world.state_reader is not None:
+            finals.append(_read(world.state_reader, preprocess(env.render(), world.crop)[None])[0])
     env.close()
-    return np.asarray(returns)
+    return np.asarray(returns), np.asarray(finals)
 
 
 def collect(model: Any, args: Args) -> dict[str, Any]:
@@ -269,8 +277,15 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
 
 
 def train(vec: Any, args: Args) -> Any:
-    """PPO trained in the dream for ``total_timesteps`` steps."""
+    """PPO trained in the dream for ``total_timesteps`` steps (from ``load_agent`` when given)."""
     from stable_baselines3 import PPO
+
+    if args.load_agent:
+        model = PPO.load(args.load_agent, env=vec, device="cpu" if not args.device else args.device)
+        model.verbose = args.verbose
+        if args.total_timesteps:
+            model.learn(total_timesteps=args.total_timesteps, reset_num_timesteps=False)
+        return model
 
     n_steps = max(2, min(args.n_steps, args.total_timesteps // args.num_envs))
     model = PPO(
@@ -291,18 +306,13 @@ def train(vec: Any, args: Args) -> Any:
 
 
 def main(args: Args) -> dict[str, float]:
-    from stable_baselines3 import PPO
-
     from worldsim.worlds import get_world
 
     vec = make_dream(args)
     t = time.time()
-    if args.load_agent:
-        model = PPO.load(args.load_agent, env=vec, device="cpu" if not args.device else args.device)
-    else:
-        model = train(vec, args)
+    model = train(vec, args)
     train_s = time.time() - t
-    if not args.load_agent:
+    if args.total_timesteps:
         print(f"trained PPO for {args.total_timesteps} steps in the neural world in {train_s:.1f} s")
 
     rng = np.random.default_rng(args.seed)
@@ -313,10 +323,10 @@ def main(args: Args) -> dict[str, float]:
             vec, lambda o: model.predict(o, deterministic=True)[0], args.eval_episodes
         )
         results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)
-    real = real_returns(lambda o: int(model.predict(o, deterministic=True)[0][0]), args, args.eval_episodes)
+    real, finals = real_returns(lambda o: int(model.predict(o, deterministic=True)[0][0]), args, args.eval_episodes)
     results["real_trained"] = float(np.mean(real))
     results["real_random"] = float(
-        np.mean(real_returns(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes))
+        np.mean(real_returns(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes)[0])
     )
     results["real_full_episodes"] = int(np.sum(real >= args.max_episode_steps * get_world(args.world).frameskip))
     vec.close()
@@ -328,7 +338,12 @@ def main(args: Args) -> dict[str, float]:
         manifest = collect(model, args)
         print(f"recorded {manifest['episodes']} real episodes ({manifest['frames']} frames) to {args.collect_out}")
     if args.json_out:
-        record = {"args": vars(args), **results, "real_trained_returns": real.tolist()}
+        record = {
+            "args": vars(args),
+            **results,
+            "real_trained_returns": real.tolist(),
+            "real_final_states": finals.tolist(),
+        }
         Path(args.json_out).write_text(json.dumps(record, indent=2))
     rows = (("neural world (dream)", "dream"), (f"real game ({args.world}, from pixels)", "real"))
     print(f"{'mean return over ' + str(args.eval_episodes) + ' episodes':<36}{'trained PPO':>12}{'random':>10}")

@@ -255,6 +255,41 @@ def test_sb3_ppo_through_adapter(tiny_world_path: Path) -> None:
     assert action.shape == (2,)
 
 
+def test_end_rule_ends_episodes(tiny_world_path: Path) -> None:
+    """end_rule: an episode also ends where the rule says so on the generated frame (terminated, then
+    autoreset), in the single and the vector env; CartPole's frames_done reads the game's bounds."""
+    from worldsim.worlds import get_world
+
+    calls: list[int] = []
+
+    def second_row(frames: np.ndarray) -> np.ndarray:
+        calls.append(len(frames))
+        return np.array([False, True][: len(frames)])
+
+    venv = WorldVectorEnv(tiny_world_path, num_envs=2, end_rule=second_row, max_episode_steps=0)
+    venv.reset(seed=0)
+    _, _, term, trunc, _ = venv.step(np.array([0, 1]))
+    assert term.tolist() == [False, True] and not trunc.any() and calls == [2]
+    _, rew, term, _, info = venv.step(np.array([0, 1]))  # NEXT_STEP: row 1 restarts, frame_index 0
+    assert info["frame_index"].tolist() == [2, 0] and rew[1] == 0.0
+    env = WorldEnv(tiny_world_path, end_rule=lambda f: np.ones(len(f), bool))
+    env.reset(seed=0)
+    assert env.step(0)[2] is True
+    bad = WorldEnv(tiny_world_path, end_rule=lambda f: np.ones(3, bool))
+    bad.reset(seed=0)
+    with pytest.raises(ValueError, match="end_rule returned shape"):
+        bad.step(0)
+    cp = get_world("cartpole")
+    real = cp.make_env()
+    real.reset(seed=0)
+    from worldsim.data import preprocess
+
+    start = preprocess(real.render(), cp.crop)[None]
+    assert cp.frames_done(start).tolist() == [False]  # the pole upright, the cart in the middle
+    with pytest.raises(ValueError, match="no state_reader"):
+        dataclasses.replace(cp, state_done=None).frames_done(start)
+
+
 def test_ensemble_vec_env_rows_and_seeds(tiny_world_path: Path) -> None:
     """concat_sb3: rows in member order, seeded as one vector env (row i gets s + i), episodes end per
     member (different limits), row-indexed attributes reach the right member; mismatched spaces refused."""
@@ -347,10 +382,13 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
     agent = tmp_path / "agent.zip"  # a saved agent scored again, in the real game only
     mod.main(dataclasses.replace(args, save_agent=str(agent)))
     again = mod.main(
-        dataclasses.replace(args, load_agent=str(agent), real_only=True, json_out=str(tmp_path / "r.json"))
+        dataclasses.replace(
+            args, load_agent=str(agent), total_timesteps=0, real_only=True, json_out=str(tmp_path / "r.json")
+        )
     )
-    returns = json.loads((tmp_path / "r.json").read_text())["real_trained_returns"]
-    assert "dream_trained" not in again and len(returns) == 2
+    record = json.loads((tmp_path / "r.json").read_text())
+    returns = record["real_trained_returns"]
+    assert "dream_trained" not in again and len(returns) == 2 and len(record["real_final_states"][0]) == 2
     assert again["real_full_episodes"] == sum(r >= 10 for r in returns)  # the limit: 5 frames x frameskip 2
 
 

@@ -89,6 +89,17 @@ class WorldDef:
     def checkpoint(self) -> Path:
         return self.directory / f"{self.name}.safetensors"
 
+    def frames_done(self, frames: np.ndarray) -> np.ndarray:
+        """frames (N, 64, 64, 3) uint8 -> (N,) bool: ``state_done`` on the state read off each frame.
+
+        An episode-end rule for the neural world's Gymnasium envs (``end_rule=``), the one
+        ``worldsim eval`` already ends world episodes with: the game's published bounds applied to
+        the dreamed frames (as MBPO gives its model rollouts the environment's known termination
+        function). Raises ``ValueError`` when the world has no ``state_reader`` / ``state_done``."""
+        if self.state_reader is None or self.state_done is None:
+            raise ValueError(f"{self.name} has no state_reader and state_done: it has no end rule on frames")
+        return np.asarray(self.state_done(np.asarray(self.state_reader(frames))), bool)
+
     def make_env(self, **kwargs: Any) -> Any:
         """The real game, rendering ``rgb_array``."""
         import gymnasium as gym

@@ -13,7 +13,7 @@ once ``max_episode_steps`` steps were taken, whatever ``terminated`` says
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class StepCore:
         channels_first: bool = False,
         autoreset_mode: AutoresetMode | None = None,
         latency_in_info: bool = False,
+        end_rule: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -73,6 +74,10 @@ class StepCore:
         self.num_envs = num_envs
         self.channels_first = channels_first
         self.latency_in_info = latency_in_info
+        self.end_rule = end_rule
+        """frames (N, H, W, 3) uint8 -> (N,) bool, or None: an episode also ends (``terminated``) where
+        it says so, beside the world's termination head (e.g. ``WorldDef.frames_done``: the game's bounds
+        read off the frame)."""
         self.session = world.session(batch=num_envs, seed=0)
         limit = resolve_max_episode_steps(max_episode_steps, str(world.config.name))
         self.episodes = EpisodeTracker(num_envs, limit, autoreset=autoreset_mode == AutoresetMode.NEXT_STEP)
@@ -169,6 +174,13 @@ class StepCore:
             actions[restart] = self.spec.null(restart.size)
         out = self.session.step(actions)
         terminated = np.asarray(out.terminated, dtype=bool).copy()
+        if self.end_rule is not None:
+            ends = np.asarray(self.end_rule(out.frames), dtype=bool)
+            if ends.shape != terminated.shape:
+                raise ValueError(
+                    f"end_rule returned shape {ends.shape} for {len(terminated)} frames; expected ({len(terminated)},)"
+                )
+            terminated |= ends
         truncated = self.episodes.record(out.rewards, terminated)
         obs = self.obs(out.frames)
         rewards = out.rewards.astype(np.float64)

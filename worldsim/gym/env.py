@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ class WorldEnv(gym.Env):
 
     ## Episode End
     ``terminated`` when the termination head's probability passes the world's threshold
-    (CartPole: the pole fell or the cart left the screen). ``truncated`` once
+    (CartPole: the pole fell or the cart left the screen), or where ``end_rule(frames)`` says so
+    when one is given (e.g. ``get_world("cartpole").frames_done``: the game's bounds read off the
+    generated frame, the rule ``worldsim eval`` also ends world episodes with). ``truncated`` once
     ``max_episode_steps`` steps were taken, whatever ``terminated`` says, as Gymnasium's
     ``TimeLimit`` does (:mod:`worldsim.episodes`, the rule every surface shares). The default
     limit (``max_episode_steps=None``) is a bundled world's ``max_episode_steps`` (CartPole:
@@ -52,7 +55,7 @@ class WorldEnv(gym.Env):
 
     ## Arguments
     ``WorldEnv(world="cartpole", render_mode=None, max_episode_steps=None (the default limit), channels_first=False,
-    latency_in_info=False, device=None, dtype=None)``: ``world`` is a bundled world's name, a
+    latency_in_info=False, end_rule=None, device=None, dtype=None)``: ``world`` is a bundled world's name, a
     checkpoint path or a loaded :class:`~worldsim.engine.WorldModel` (shared, not copied).
 
     ## Info
@@ -71,6 +74,7 @@ class WorldEnv(gym.Env):
         max_episode_steps: int | None = None,
         channels_first: bool = False,
         latency_in_info: bool = False,
+        end_rule: Callable[[np.ndarray], np.ndarray] | None = None,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -84,6 +88,7 @@ class WorldEnv(gym.Env):
             channels_first=channels_first,
             autoreset_mode=None,
             latency_in_info=latency_in_info,
+            end_rule=end_rule,
         )
         self.metadata = {**self.metadata, "render_fps": int(model.config.fps)}
         self.render_mode = render_mode

@@ -10,7 +10,7 @@ the other rows keep their history.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class WorldVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         channels_first: bool = False,
         latency_in_info: bool = False,
+        end_rule: Callable[[np.ndarray], np.ndarray] | None = None,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -75,6 +76,7 @@ class WorldVectorEnv(VectorEnv):
             channels_first=channels_first,
             autoreset_mode=mode,
             latency_in_info=latency_in_info,
+            end_rule=end_rule,
         )
         self.num_envs = num_envs
         self.render_mode = render_mode
