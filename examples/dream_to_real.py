@@ -96,6 +96,8 @@ class Args:
     """Write the results (returns, wall times, arguments) to this JSON file."""
     seed: int = 0
     """Seed for PPO, the neural world and the real game's episodes."""
+    mirror: str = ""
+    """For a game that looks the same in a mirror: the action permutation of the mirror (CartPole: '1,0'). The agent then acts on the average of its action probabilities and those of the mirrored observation (a policy symmetric by construction; a read state mirrors to its negative, frames flip left-right), and trains with half of each world's rows seen in a mirror (worldsim.gym.ensemble.mirror_rows)."""
     load_agent: str = ""
     """Start from this saved agent (.zip, from --save-agent); with --total-timesteps 0 only score it."""
     real_only: bool = False
@@ -140,7 +142,7 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
     import worldsim  # noqa: F401  (registers worldsim/CartPole-v0)
     from worldsim.gym import WorldVectorEnv, to_sb3
     from worldsim.gym.core import load_world
-    from worldsim.gym.ensemble import concat_sb3
+    from worldsim.gym.ensemble import concat_sb3, mirror_rows
     from worldsim.worlds import get_world
 
     pixels = args.obs == "pixels"
@@ -153,7 +155,10 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
         model = load_world(path, args.device or None)
         if sampler:  # sessions read the sampler when they open: set it before the env exists
             model.config.sampler = model.config.sampler.with_overrides([s for s in sampler.split(";") if s])
-        parts.append(to_sb3(WorldVectorEnv(model, num_envs=args.num_envs // len(worlds), **kwargs)))
+        part = to_sb3(WorldVectorEnv(model, num_envs=args.num_envs // len(worlds), **kwargs))
+        if args.mirror:  # the odd rows see this world in a mirror
+            part = mirror_rows(part, [int(a) for a in args.mirror.split(",")], range(1, part.num_envs, 2))
+        parts.append(part)
     venv = parts[0] if len(parts) == 1 else concat_sb3(parts)
     sb3 = venv if pixels else ReadState(venv, wd.state_reader)
     vec = VecFrameStack(sb3, n_stack=args.n_stack, channels_order="first" if pixels else "last")
@@ -264,7 +269,7 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
         def act(env: Any, frame: np.ndarray) -> int:
             obs = _read(world.state_reader, frame[None])[0] if args.obs == "state" else frame.transpose(2, 0, 1)
             stack[:] = (stack or [np.zeros_like(obs)] * args.n_stack)[1:] + [obs]
-            return int(model.predict(np.concatenate(stack, axis=0)[None], deterministic=True)[0][0])
+            return int(greedy(model, args)(np.concatenate(stack, axis=0)[None])[0])
 
         return act
 
@@ -305,6 +310,30 @@ def train(vec: Any, args: Args) -> Any:
     return model
 
 
+def greedy(model: Any, args: Args) -> Callable[[np.ndarray], np.ndarray]:
+    """The trained agent's deterministic action for a batch of observations; with ``--mirror`` the
+    argmax of its action probabilities averaged with the mirrored ones (see ``Args.mirror``)."""
+    import torch
+
+    if not args.mirror:
+        return lambda obs: model.predict(obs, deterministic=True)[0]
+    perm = np.array([int(a) for a in args.mirror.split(",")])
+    if sorted(perm.tolist()) != list(range(model.action_space.n)):
+        raise SystemExit(f"--mirror {args.mirror!r} is not a permutation of the {model.action_space.n} actions")
+
+    def probs(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            t, _ = model.policy.obs_to_tensor(obs)
+            return model.policy.get_distribution(t).distribution.probs.cpu().numpy()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs)
+        mirrored = -obs if args.obs == "state" else obs[..., ::-1].copy()  # read states are odd, frames flip
+        return np.argmax(probs(obs) + probs(mirrored)[:, perm], axis=1)
+
+    return act
+
+
 def main(args: Args) -> dict[str, float]:
     from worldsim.worlds import get_world
 
@@ -319,11 +348,10 @@ def main(args: Args) -> dict[str, float]:
     n_actions = int(vec.action_space.n)
     results: dict[str, float] = {}
     if not args.real_only:
-        results["dream_trained"] = dream_return(
-            vec, lambda o: model.predict(o, deterministic=True)[0], args.eval_episodes
-        )
+        results["dream_trained"] = dream_return(vec, greedy(model, args), args.eval_episodes)
         results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)
-    real, finals = real_returns(lambda o: int(model.predict(o, deterministic=True)[0][0]), args, args.eval_episodes)
+    policy = greedy(model, args)
+    real, finals = real_returns(lambda o: int(policy(o)[0]), args, args.eval_episodes)
     results["real_trained"] = float(np.mean(real))
     results["real_random"] = float(
         np.mean(real_returns(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes)[0])

@@ -255,6 +255,27 @@ def test_sb3_ppo_through_adapter(tiny_world_path: Path) -> None:
     assert action.shape == (2,)
 
 
+def test_mirror_rows(tiny_world_path: Path) -> None:
+    """mirror_rows: the mirrored rows' frames flipped left-right and their actions permuted before the
+    world; the other rows untouched; a non-permutation refused."""
+    pytest.importorskip("stable_baselines3")
+    from worldsim.gym.ensemble import mirror_rows
+
+    plain = to_sb3(WorldVectorEnv(tiny_world_path, num_envs=2))
+    mirrored = mirror_rows(to_sb3(WorldVectorEnv(tiny_world_path, num_envs=2)), [1, 0], [1])
+    plain.seed(3)
+    mirrored.seed(3)
+    p0, m0 = plain.reset(), mirrored.reset()
+    np.testing.assert_array_equal(m0[0], p0[0])
+    np.testing.assert_array_equal(m0[1], p0[1][:, ::-1])
+    p1 = plain.step(np.array([0, 1]))[0]
+    m1 = mirrored.step(np.array([0, 0]))[0]  # row 1's 0 reaches the world as 1
+    np.testing.assert_allclose(m1[0].astype(int), p1[0].astype(int), atol=1)
+    np.testing.assert_allclose(m1[1].astype(int), p1[1][:, ::-1].astype(int), atol=1)
+    with pytest.raises(ValueError, match="not a permutation"):
+        mirror_rows(plain, [0, 0], [1])
+
+
 def test_end_rule_ends_episodes(tiny_world_path: Path) -> None:
     """end_rule: an episode also ends where the rule says so on the generated frame (terminated, then
     autoreset), in the single and the vector env; CartPole's frames_done reads the game's bounds."""

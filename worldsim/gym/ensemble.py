@@ -129,4 +129,52 @@ def concat_sb3(members: Sequence[Any]) -> Any:
     return EnsembleVecEnv()
 
 
-__all__ = ["concat_sb3"]
+def mirror_rows(venv: Any, permutation: Sequence[int], rows: Sequence[int] | np.ndarray) -> Any:
+    """An SB3 VecEnv wrapper under which the agent sees ``rows`` of ``venv`` in a mirror.
+
+    For a game that looks the same mirrored left-right (CartPole: flip the frame, swap the two
+    pushes): on those rows every observation frame is flipped left-right and every action ``a``
+    the agent sends is replaced by ``permutation[a]`` (its mirror image) before it reaches the
+    world. The world itself runs unchanged; the agent gets a second, mirrored world for free, and
+    a world that leans to one side leans to both across the rows, so the agent cannot learn the
+    lean. ``venv``'s observations must be frames (N, H, W, 3) or (N, 3, H, W) with a Discrete action
+    space; wrap it before reading states off the frames.
+    """
+    try:
+        from stable_baselines3.common.vec_env import VecEnvWrapper
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    perm = np.asarray(permutation, dtype=np.int64)
+    n = getattr(venv.action_space, "n", None)
+    if n is None or sorted(perm.tolist()) != list(range(int(n))):
+        raise ValueError(f"permutation {list(perm)} is not a permutation of the actions of {venv.action_space}")
+    mask = np.zeros(venv.num_envs, bool)
+    mask[np.asarray(rows, dtype=np.int64)] = True
+    shape = venv.observation_space.shape
+    axis = -1 if shape[0] == 3 else -2  # (3, H, W): flip W, the last axis; (H, W, 3): W is the second last
+
+    def flip(obs: Any, m: np.ndarray) -> np.ndarray:
+        obs = np.array(obs, copy=True)
+        obs[m] = np.flip(obs[m], axis=axis)
+        return obs
+
+    class MirrorRows(VecEnvWrapper):  # type: ignore[misc]
+        def reset(self) -> np.ndarray:
+            return flip(self.venv.reset(), mask)
+
+        def step_async(self, actions: np.ndarray) -> None:
+            actions = np.array(actions, copy=True)
+            actions[mask] = perm[actions[mask]]
+            self.venv.step_async(actions)
+
+        def step_wait(self) -> Any:
+            obs, rew, done, infos = self.venv.step_wait()
+            for i in np.flatnonzero(mask):
+                if "terminal_observation" in infos[i]:
+                    infos[i]["terminal_observation"] = np.flip(infos[i]["terminal_observation"], axis=axis).copy()
+            return flip(obs, mask), rew, done, infos
+
+    return MirrorRows(venv)
+
+
+__all__ = ["concat_sb3", "mirror_rows"]
