@@ -97,7 +97,9 @@ class Args:
     seed: int = 0
     """Seed for PPO, the neural world and the real game's episodes."""
     mirror: str = ""
-    """For a game that looks the same in a mirror: the action permutation of the mirror (CartPole: '1,0'). The agent then acts on the average of its action probabilities and those of the mirrored observation (a policy symmetric by construction; a read state mirrors to its negative, frames flip left-right), and trains with half of each world's rows seen in a mirror (worldsim.gym.ensemble.mirror_rows)."""
+    """For a game that looks the same in a mirror: the action permutation of the mirror (CartPole: '1,0'). The agent then acts on the average of its action probabilities and those of the mirrored observation (a policy symmetric by construction; a read state mirrors to its negative, frames flip left-right)."""
+    mirror_rows: bool = False
+    """With --mirror: also train with half of each world's rows seen in a mirror (worldsim.gym.ensemble.mirror_rows). Measured on CartPole (the card): it did not help."""
     load_agent: str = ""
     """Start from this saved agent (.zip, from --save-agent); with --total-timesteps 0 only score it."""
     real_only: bool = False
@@ -156,7 +158,7 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
         if sampler:  # sessions read the sampler when they open: set it before the env exists
             model.config.sampler = model.config.sampler.with_overrides([s for s in sampler.split(";") if s])
         part = to_sb3(WorldVectorEnv(model, num_envs=args.num_envs // len(worlds), **kwargs))
-        if args.mirror:  # the odd rows see this world in a mirror
+        if args.mirror and args.mirror_rows:  # the odd rows see this world in a mirror
             part = mirror_rows(part, [int(a) for a in args.mirror.split(",")], range(1, part.num_envs, 2))
         parts.append(part)
     venv = parts[0] if len(parts) == 1 else concat_sb3(parts)

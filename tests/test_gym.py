@@ -400,6 +400,15 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
     assert np.isfinite(res["dream_trained"]) and res["real_random"] > 0
     with pytest.raises(SystemExit, match="split evenly"):
         mod.members(dataclasses.replace(args, num_envs=3))
+    sym = dataclasses.replace(args, mirror="1,0", mirror_rows=True, num_envs=4)
+    vec = mod.make_dream(sym)  # odd rows of each member seen in a mirror
+    model = mod.train(vec, sym)
+    obs = np.random.default_rng(0).normal(size=(64, vec.observation_space.shape[0])).astype(np.float32)
+    act = mod.greedy(model, sym)  # symmetric: the mirrored observation gets the mirrored action
+    assert (act(-obs) == 1 - act(obs)).all()
+    vec.close()
+    with pytest.raises(SystemExit, match="not a permutation"):
+        mod.greedy(model, dataclasses.replace(sym, mirror="0,0"))
     agent = tmp_path / "agent.zip"  # a saved agent scored again, in the real game only
     mod.main(dataclasses.replace(args, save_agent=str(agent)))
     again = mod.main(
