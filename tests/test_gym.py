@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -311,6 +312,19 @@ def test_end_rule_ends_episodes(tiny_world_path: Path) -> None:
         dataclasses.replace(cp, state_done=None).frames_done(start)
 
 
+def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """examples/<name>.py as a module (registered in sys.modules: its dataclasses look their module up)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_ensemble_vec_env_rows_and_seeds(tiny_world_path: Path) -> None:
     """concat_sb3: rows in member order, seeded as one vector env (row i gets s + i), episodes end per
     member (different limits), row-indexed attributes reach the right member; mismatched spaces refused."""
@@ -346,14 +360,7 @@ def test_dream_to_real_example_runs(
     """examples/dream_to_real.py end to end on a tiny world (PPO in the dream, scored in CartPole-v1),
     from stacked frames and from the state read off them."""
     pytest.importorskip("stable_baselines3")
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "dream_to_real.py"
-    spec = importlib.util.spec_from_file_location("dream_to_real", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "dream_to_real", mod)  # dataclasses look their module up
-    spec.loader.exec_module(mod)
+    mod = load_example("dream_to_real", monkeypatch)
     out = tmp_path / "d2r.json"
     collect = dict(collect_out=str(tmp_path / "agent-data"), collect_episodes=2, save_agent=str(tmp_path / "a.zip"))
     collect["sampler"] = "guidance_scale=1.5;"  # the dream's sampler overridden (';'-separated, empty items ok)
@@ -379,14 +386,7 @@ def test_dream_to_real_example_runs(
 def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--ensemble: the rows split over two worlds (one checkpoint under two samplers), PPO runs on both."""
     pytest.importorskip("stable_baselines3")
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "dream_to_real.py"
-    spec = importlib.util.spec_from_file_location("dream_to_real", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "dream_to_real", mod)
-    spec.loader.exec_module(mod)
+    mod = load_example("dream_to_real", monkeypatch)
     ensemble = f"{tiny_world_path}@guidance_scale=1.5|{tiny_world_path}"
     args = mod.Args(
         ensemble=ensemble, obs="state", total_timesteps=16, num_envs=4, max_episode_steps=5, eval_episodes=2
@@ -424,14 +424,7 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/dream_states.py on a tiny world: dream and real rollouts, a range per state component."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "dream_states.py"
-    spec = importlib.util.spec_from_file_location("dream_states", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "dream_states", mod)
-    spec.loader.exec_module(mod)
+    mod = load_example("dream_states", monkeypatch)
     res = mod.main(mod.Args(world_path=str(tiny_world_path), rows=2, frames=6))
     assert len(res["dream_ends"]) == 2 and len(res["real_ends"]) == 2
     lo, hi = res["pole_angle"]["real"]
