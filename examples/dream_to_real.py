@@ -145,6 +145,7 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
     from worldsim.gym import WorldVectorEnv, to_sb3
     from worldsim.gym.core import load_world
     from worldsim.gym.ensemble import concat_sb3, mirror_rows
+    from worldsim.train.recipe import parse_mirror
     from worldsim.worlds import get_world
 
     pixels = args.obs == "pixels"
@@ -159,7 +160,7 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
             model.config.sampler = model.config.sampler.with_overrides([s for s in sampler.split(";") if s])
         part = to_sb3(WorldVectorEnv(model, num_envs=args.num_envs // len(worlds), **kwargs))
         if args.mirror and args.mirror_rows:  # the odd rows see this world in a mirror
-            part = mirror_rows(part, [int(a) for a in args.mirror.split(",")], range(1, part.num_envs, 2))
+            part = mirror_rows(part, parse_mirror(args.mirror), range(1, part.num_envs, 2))
         parts.append(part)
     venv = parts[0] if len(parts) == 1 else concat_sb3(parts)
     sb3 = venv if pixels else ReadState(venv, wd.state_reader)
@@ -265,13 +266,15 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
 
     world = get_world(args.world)
 
+    policy = greedy(model, args)
+
     def agent(env: Any, rng: np.random.Generator) -> Callable[[Any, np.ndarray], int]:
         stack: list[np.ndarray] = []  # this episode's observations, as real_returns builds them
 
         def act(env: Any, frame: np.ndarray) -> int:
             obs = _read(world.state_reader, frame[None])[0] if args.obs == "state" else frame.transpose(2, 0, 1)
             stack[:] = (stack or [np.zeros_like(obs)] * args.n_stack)[1:] + [obs]
-            return int(greedy(model, args)(np.concatenate(stack, axis=0)[None])[0])
+            return int(policy(np.concatenate(stack, axis=0)[None])[0])
 
         return act
 
@@ -317,11 +320,15 @@ def greedy(model: Any, args: Args) -> Callable[[np.ndarray], np.ndarray]:
     argmax of its action probabilities averaged with the mirrored ones (see ``Args.mirror``)."""
     import torch
 
+    from worldsim.spaces import ActionSpec
+    from worldsim.train.recipe import parse_mirror
+
     if not args.mirror:
         return lambda obs: model.predict(obs, deterministic=True)[0]
-    perm = np.array([int(a) for a in args.mirror.split(",")])
-    if sorted(perm.tolist()) != list(range(model.action_space.n)):
-        raise SystemExit(f"--mirror {args.mirror!r} is not a permutation of the {model.action_space.n} actions")
+    try:
+        perm = ActionSpec.from_space(model.action_space).mirror_table(parse_mirror(args.mirror))
+    except ValueError as e:
+        raise SystemExit(f"--mirror: {e}") from None
 
     def probs(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -349,10 +356,10 @@ def main(args: Args) -> dict[str, float]:
     rng = np.random.default_rng(args.seed)
     n_actions = int(vec.action_space.n)
     results: dict[str, float] = {}
-    if not args.real_only:
-        results["dream_trained"] = dream_return(vec, greedy(model, args), args.eval_episodes)
-        results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)
     policy = greedy(model, args)
+    if not args.real_only:
+        results["dream_trained"] = dream_return(vec, policy, args.eval_episodes)
+        results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)
     real, finals = real_returns(lambda o: int(policy(o)[0]), args, args.eval_episodes)
     results["real_trained"] = float(np.mean(real))
     results["real_random"] = float(

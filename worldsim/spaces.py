@@ -141,6 +141,21 @@ class ActionSpec:
             raise ActionError(f"expected {batch} actions (one per row), got {arr.shape[0]}")
         return self.check_values(arr)
 
+    def mirror_table(self, perm: Any) -> np.ndarray:
+        """A mirror of a Discrete game as a lookup table: action ``a`` becomes ``table[a]`` in the
+        mirror (CartPole: ``[1, 0]``, the pushes swap). Used by ``worldsim train --mirror``,
+        ``worldsim.gym.ensemble.mirror_rows`` and symmetric agents; raises ``ValueError`` naming
+        the fix for anything but a permutation of the actions."""
+        if self.kind != "discrete":
+            raise ValueError(f"a mirror needs a Discrete action space, this one is {self.kind}")
+        table = np.asarray(perm, dtype=np.int64).reshape(-1)
+        if sorted(table.tolist()) != list(range(self.n)):
+            raise ValueError(
+                f"mirror {table.tolist()} is not a permutation of the {self.n} actions: list each action "
+                "once, the one it becomes in the mirror (e.g. 1,0 for CartPole's two pushes)"
+            )
+        return table
+
     def describe(self) -> str:
         """The space as Gymnasium prints it, e.g. ``Discrete(2)`` or ``Box(-1.0, 1.0, (2,), float32)``."""
         return str(self.to_space())

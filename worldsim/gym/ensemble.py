@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.gym.sb3 import INSTALL_HINT
+from worldsim.spaces import ActionSpec
 
 
 def concat_sb3(members: Sequence[Any]) -> Any:
@@ -144,10 +145,7 @@ def mirror_rows(venv: Any, permutation: Sequence[int], rows: Sequence[int] | np.
         from stable_baselines3.common.vec_env import VecEnvWrapper
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
-    perm = np.asarray(permutation, dtype=np.int64)
-    n = getattr(venv.action_space, "n", None)
-    if n is None or sorted(perm.tolist()) != list(range(int(n))):
-        raise ValueError(f"permutation {list(perm)} is not a permutation of the actions of {venv.action_space}")
+    perm = ActionSpec.from_space(venv.action_space).mirror_table(permutation)
     mask = np.zeros(venv.num_envs, bool)
     mask[np.asarray(rows, dtype=np.int64)] = True
     shape = venv.observation_space.shape

@@ -97,11 +97,7 @@ def mirror_episodes(eps: Sequence[AlignedEpisode], perm: Sequence[int], spec: Ac
     world than its mirror image (an asymmetry an agent trained in the world learns to lean on).
     Raw frames only (mirror before encoding: the codec is not flip-equivariant); Discrete actions.
     """
-    if spec.kind != "discrete":
-        raise ValueError(f"--mirror needs a Discrete action space, the data has {spec.kind}")
-    table = np.asarray(perm, dtype=np.int64)
-    if sorted(table.tolist()) != list(range(spec.n)):
-        raise ValueError(f"--mirror must list each of the {spec.n} actions once (a permutation), got {list(perm)}")
+    table = spec.mirror_table(perm)
     out = []
     for e in eps:
         if e.frames.ndim != 4 or e.frames.shape[-1] != 3:
