@@ -97,7 +97,7 @@ class Args:
     seed: int = 0
     """Seed for PPO, the neural world and the real game's episodes."""
     mirror: str = ""
-    """For a game that looks the same in a mirror: the action permutation of the mirror (CartPole: '1,0'). The agent then acts on the average of its action probabilities and those of the mirrored observation (a policy symmetric by construction; a read state mirrors to its negative, frames flip left-right)."""
+    """For a game that looks the same in a mirror: the action permutation of the mirror (CartPole: '1,0'). The agent's policy is then a worldsim.gym.symmetric.MirrorPolicy, while it learns and when it plays: the average of its action probabilities and those of the mirrored observation, actions swapped (symmetric by construction; a read state mirrors to its negative, frames flip left-right). A loaded plain agent is made symmetric with the same weights."""
     mirror_rows: bool = False
     """With --mirror: also train with half of each world's rows seen in a mirror (worldsim.gym.ensemble.mirror_rows). Measured on CartPole (the card): it did not help."""
     load_agent: str = ""
@@ -266,7 +266,7 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
 
     world = get_world(args.world)
 
-    policy = greedy(model, args)
+    policy = greedy(model)
 
     def agent(env: Any, rng: np.random.Generator) -> Callable[[Any, np.ndarray], int]:
         stack: list[np.ndarray] = []  # this episode's observations, as real_returns builds them
@@ -286,20 +286,53 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
     return record(cfg)
 
 
+def mirror_perm(args: Args, action_space: Any) -> list[int]:
+    """The action permutation of ``--mirror``, checked against the action space."""
+    from worldsim.spaces import ActionSpec
+    from worldsim.train.recipe import parse_mirror
+
+    try:
+        return [int(a) for a in ActionSpec.from_space(action_space).mirror_table(parse_mirror(args.mirror))]
+    except ValueError as e:
+        raise SystemExit(f"--mirror: {e}") from None
+
+
 def train(vec: Any, args: Args) -> Any:
-    """PPO trained in the dream for ``total_timesteps`` steps (from ``load_agent`` when given)."""
+    """PPO trained in the dream for ``total_timesteps`` steps (from ``load_agent`` when given); with
+    ``--mirror`` its policy is a ``MirrorPolicy`` (symmetric by construction) while it learns too."""
     from stable_baselines3 import PPO
 
+    sym: dict[str, Any] = {}
+    if args.mirror:
+        sym = {
+            "action_perm": mirror_perm(args, vec.action_space),
+            "obs_mirror": "negate" if args.obs == "state" else "flip",
+        }
+    device = "cpu" if not args.device else args.device
     if args.load_agent:
-        model = PPO.load(args.load_agent, env=vec, device="cpu" if not args.device else args.device)
+        model = PPO.load(args.load_agent, env=vec, device=device)
+        if sym:
+            from worldsim.gym.symmetric import make_symmetric
+
+            model = make_symmetric(model, **sym)
         model.verbose = args.verbose
         if args.total_timesteps:
             model.learn(total_timesteps=args.total_timesteps, reset_num_timesteps=False)
         return model
 
+    policy: Any = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"
+    kwargs: dict[str, Any] = {}
+    if sym:
+        from stable_baselines3.common.torch_layers import NatureCNN
+
+        from worldsim.gym.symmetric import MirrorPolicy
+
+        policy, kwargs = MirrorPolicy, dict(sym)
+        if args.obs == "pixels":
+            kwargs["features_extractor_class"] = NatureCNN
     n_steps = max(2, min(args.n_steps, args.total_timesteps // args.num_envs))
     model = PPO(
-        "CnnPolicy" if args.obs == "pixels" else "MlpPolicy",
+        policy,
         vec,
         n_steps=n_steps,
         batch_size=min(args.batch_size, n_steps * args.num_envs),
@@ -308,39 +341,18 @@ def train(vec: Any, args: Args) -> Any:
         gamma=args.gamma,
         gae_lambda=args.gae_lambda,
         seed=args.seed,
-        device="cpu" if not args.device else args.device,
+        device=device,
         verbose=args.verbose,
+        policy_kwargs=kwargs,
     )
     model.learn(total_timesteps=args.total_timesteps)
     return model
 
 
-def greedy(model: Any, args: Args) -> Callable[[np.ndarray], np.ndarray]:
-    """The trained agent's deterministic action for a batch of observations; with ``--mirror`` the
-    argmax of its action probabilities averaged with the mirrored ones (see ``Args.mirror``)."""
-    import torch
-
-    from worldsim.spaces import ActionSpec
-    from worldsim.train.recipe import parse_mirror
-
-    if not args.mirror:
-        return lambda obs: model.predict(obs, deterministic=True)[0]
-    try:
-        perm = ActionSpec.from_space(model.action_space).mirror_table(parse_mirror(args.mirror))
-    except ValueError as e:
-        raise SystemExit(f"--mirror: {e}") from None
-
-    def probs(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            t, _ = model.policy.obs_to_tensor(obs)
-            return model.policy.get_distribution(t).distribution.probs.cpu().numpy()
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        mirrored = -obs if args.obs == "state" else obs[..., ::-1].copy()  # read states are odd, frames flip
-        return np.argmax(probs(obs) + probs(mirrored)[:, perm], axis=1)
-
-    return act
+def greedy(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The trained agent's deterministic action for a batch of observations (with ``--mirror``
+    the argmax of its action probabilities averaged with the mirrored ones: ``MirrorPolicy``)."""
+    return lambda obs: model.predict(obs, deterministic=True)[0]
 
 
 def main(args: Args) -> dict[str, float]:
@@ -356,7 +368,7 @@ def main(args: Args) -> dict[str, float]:
     rng = np.random.default_rng(args.seed)
     n_actions = int(vec.action_space.n)
     results: dict[str, float] = {}
-    policy = greedy(model, args)
+    policy = greedy(model)
     if not args.real_only:
         results["dream_trained"] = dream_return(vec, policy, args.eval_episodes)
         results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)

@@ -404,11 +404,11 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
     vec = mod.make_dream(sym)  # odd rows of each member seen in a mirror
     model = mod.train(vec, sym)
     obs = np.random.default_rng(0).normal(size=(64, vec.observation_space.shape[0])).astype(np.float32)
-    act = mod.greedy(model, sym)  # symmetric: the mirrored observation gets the mirrored action
+    act = mod.greedy(model)  # symmetric: the mirrored observation gets the mirrored action
     assert (act(-obs) == 1 - act(obs)).all()
     vec.close()
     with pytest.raises(SystemExit, match="not a permutation"):
-        mod.greedy(model, dataclasses.replace(sym, mirror="0,0"))
+        mod.train(mod.make_dream(sym), dataclasses.replace(sym, mirror="0,0"))
     agent = tmp_path / "agent.zip"  # a saved agent scored again, in the real game only
     mod.main(dataclasses.replace(args, save_agent=str(agent)))
     again = mod.main(
@@ -450,3 +450,46 @@ def test_script_args_from_dataclass() -> None:
     assert a == Args(total_timesteps=7, render=True, name="x")
     with pytest.raises(SystemExit):
         parse_args(Args, argv=["--total-timesteps", "seven"])
+
+
+def test_mirror_policy(tiny_world_path: Path, tmp_path: Path) -> None:
+    """MirrorPolicy: pi(perm[a] | mirror(o)) == pi(a | o) and V(mirror(o)) == V(o) for any weights,
+    as state negation and as a frame flip; a plain agent made symmetric keeps its weights, and the
+    saved agent loads back as the same symmetric policy."""
+    pytest.importorskip("stable_baselines3")
+    import torch
+    from stable_baselines3 import PPO
+
+    from worldsim.gym.symmetric import MirrorPolicy, make_symmetric
+
+    venv = to_sb3(WorldVectorEnv(tiny_world_path, num_envs=2))
+    model = PPO(MirrorPolicy, venv, n_steps=4, batch_size=8, policy_kwargs=dict(action_perm=[1, 0], obs_mirror="flip"))
+    obs = torch.rand(5, *venv.observation_space.shape)
+    pol = model.policy
+    with torch.no_grad():
+        p, pm = (pol.get_distribution(o).distribution.probs for o in (obs, torch.flip(obs, dims=(-1,))))
+        assert torch.allclose(pm[:, [1, 0]], p, atol=1e-6)
+        assert torch.allclose(pol.predict_values(obs), pol.predict_values(torch.flip(obs, dims=(-1,))), atol=1e-5)
+        values, logp, _ = pol.evaluate_actions(obs, torch.tensor([0, 1, 0, 1, 1]))
+        assert torch.allclose(logp, p[torch.arange(5), [0, 1, 0, 1, 1]].log(), atol=1e-5)
+    model.learn(8)  # trains through the mixture
+    path = tmp_path / "sym.zip"
+    model.save(path)
+    again = PPO.load(path)
+    assert isinstance(again.policy, MirrorPolicy) and again.policy.action_perm == [1, 0]
+    x = obs.numpy()
+    assert (again.predict(x, deterministic=True)[0] == model.predict(x, deterministic=True)[0]).all()
+
+    plain = PPO("MlpPolicy", venv, n_steps=4, batch_size=8)
+    weights = {k: v.clone() for k, v in plain.policy.state_dict().items()}
+    sym = make_symmetric(plain, [1, 0], "negate")
+    assert isinstance(sym.policy, MirrorPolicy)
+    assert all(torch.equal(weights[k], v) for k, v in sym.policy.state_dict().items())
+    s = torch.randn(7, *venv.observation_space.shape)  # any odd read-out
+    with torch.no_grad():
+        q, qm = (sym.policy.get_distribution(o).distribution.probs for o in (s, -s))
+    assert torch.allclose(qm[:, [1, 0]], q, atol=1e-6)
+    with pytest.raises(ValueError, match="not a permutation"):
+        PPO(MirrorPolicy, venv, policy_kwargs=dict(action_perm=[0, 0]))
+    with pytest.raises(ValueError, match="obs_mirror"):
+        PPO(MirrorPolicy, venv, policy_kwargs=dict(action_perm=[1, 0], obs_mirror="upside-down"))
