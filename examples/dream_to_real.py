@@ -86,6 +86,8 @@ class Args:
     """PPO GAE lambda."""
     end_rule: bool = False
     """Also end dream episodes where the state read off a dreamed frame crosses the game's bounds (WorldDef.frames_done; CartPole: |x| > 2.4, |angle| > 0.21), as worldsim eval ends world episodes; the termination head alone rarely learned the cart's bounds."""
+    end_bounds: str = ""
+    """Also end dream episodes where a read state variable leaves these bounds, NAME=LOW:HIGH items separated by ';' (e.g. 'cart_x=-1.2:1.2'): a safety margin inside the game's own bounds, for the variables the worlds get least right over long rollouts."""
     n_stack: int = 2
     """Frames stacked as the policy's observation (one frame shows no velocity)."""
     max_episode_steps: int = 250
@@ -150,8 +152,9 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
 
     pixels = args.obs == "pixels"
     wd = get_world(args.world)
-    end_rule = wd.frames_done if args.end_rule else None
-    kwargs: dict[str, Any] = dict(channels_first=pixels, max_episode_steps=args.max_episode_steps, end_rule=end_rule)
+    kwargs: dict[str, Any] = dict(
+        channels_first=pixels, max_episode_steps=args.max_episode_steps, end_rule=end_rule(args)
+    )
     parts = []
     worlds = members(args)
     for path, sampler in worlds:
@@ -167,6 +170,29 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
     vec = VecFrameStack(sb3, n_stack=args.n_stack, channels_order="first" if pixels else "last")
     vec.seed(args.seed)
     return vec
+
+
+def end_rule(args: Args) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The dream's extra episode end: the game's bounds (``--end-rule``), tighter ones (``--end-bounds``), both or none."""
+    from worldsim.worlds import get_world
+
+    wd = get_world(args.world)
+    rules = [wd.frames_done] if args.end_rule else []
+    if args.end_bounds:
+        if wd.state_reader is None:
+            raise SystemExit(f"--end-bounds: {args.world} has no state reader")
+        reader, bounds = wd.state_reader, []
+        for item in filter(None, (i.strip() for i in args.end_bounds.split(";"))):
+            name, _, rng = item.partition("=")
+            lo, _, hi = rng.partition(":")
+            if name not in wd.state_names or not lo or not hi:
+                raise SystemExit(f"--end-bounds: {item!r}; use NAME=LOW:HIGH with NAME one of {list(wd.state_names)}")
+            bounds.append((list(wd.state_names).index(name), float(lo), float(hi)))
+        idx, lo_, hi_ = (np.array(v) for v in zip(*bounds))
+        rules.append(lambda frames: ((s := _read(reader, frames)[:, idx]) < lo_).any(1) | (s > hi_).any(1))
+    if not rules:
+        return None
+    return lambda frames: np.logical_or.reduce([np.asarray(r(frames), bool) for r in rules])
 
 
 def _read(reader: Callable[[np.ndarray], np.ndarray], frames: np.ndarray) -> np.ndarray:

@@ -422,6 +422,28 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
     assert again["real_full_episodes"] == sum(r >= 10 for r in returns)  # the limit: 5 frames x frameskip 2
 
 
+def test_dream_end_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dream_to_real --end-bounds: ends where a read variable leaves its bounds (ORed with the game's
+    own bounds under --end-rule); bad items are refused with the format."""
+    mod = load_example("dream_to_real", monkeypatch)
+    from worldsim.data import preprocess
+    from worldsim.worlds import get_world
+
+    cp = get_world("cartpole")
+    real = cp.make_env()
+    real.reset(seed=0)
+    start = preprocess(real.render(), cp.crop)[None]  # cart near x = 0, pole upright
+    args = mod.Args(obs="state")
+    assert mod.end_rule(args) is None
+    assert mod.end_rule(dataclasses.replace(args, end_bounds="cart_x=-1.2:1.2"))(start).tolist() == [False]
+    assert mod.end_rule(dataclasses.replace(args, end_bounds="cart_x=0.5:1.2"))(start).tolist() == [True]
+    both = mod.end_rule(dataclasses.replace(args, end_rule=True, end_bounds="pole_angle=-1:1"))
+    assert both(np.concatenate([start, start])).tolist() == [False, False]
+    for bad in ("cart_y=-1:1", "cart_x=1", "cart_x"):
+        with pytest.raises(SystemExit, match="NAME=LOW:HIGH"):
+            mod.end_rule(dataclasses.replace(args, end_bounds=bad))
+
+
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/dream_states.py on a tiny world: dream and real rollouts, a range per state component."""
     mod = load_example("dream_states", monkeypatch)
