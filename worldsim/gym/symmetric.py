@@ -27,8 +27,14 @@ from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.distributions import Distribution
-from stable_baselines3.common.policies import ActorCriticPolicy
+
+from worldsim.gym.sb3 import INSTALL_HINT
+
+try:
+    from stable_baselines3.common.distributions import Distribution
+    from stable_baselines3.common.policies import ActorCriticPolicy
+except ImportError as e:  # the class subclasses SB3's: it cannot exist without it
+    raise ImportError(INSTALL_HINT) from e
 
 OBS_MIRRORS = ("negate", "flip")
 
