@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch as th
-from gymnasium import spaces
 
 from worldsim.gym.sb3 import INSTALL_HINT
+from worldsim.spaces import ActionSpec
 
 try:
     from stable_baselines3.common.distributions import Distribution
@@ -47,13 +47,9 @@ class MirrorPolicy(ActorCriticPolicy):
 
     def __init__(self, *args: Any, action_perm: Sequence[int] = (), obs_mirror: str = "negate", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.action_space, spaces.Discrete):
-            raise ValueError(
-                f"MirrorPolicy needs a Discrete action space, got {self.action_space}; use ActorCriticPolicy"
-            )
-        perm = [int(a) for a in action_perm]
-        if sorted(perm) != list(range(int(self.action_space.n))):
-            raise ValueError(f"action_perm {perm} is not a permutation of the {self.action_space.n} actions")
+        perm = (
+            ActionSpec.from_space(self.action_space).mirror_table(action_perm).tolist()
+        )  # checked: Discrete, a permutation
         if obs_mirror not in OBS_MIRRORS:
             raise ValueError(f"obs_mirror {obs_mirror!r}: choose one of {OBS_MIRRORS}")
         self.action_perm, self.obs_mirror = perm, obs_mirror
