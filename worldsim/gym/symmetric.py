@@ -47,9 +47,8 @@ class MirrorPolicy(ActorCriticPolicy):
 
     def __init__(self, *args: Any, action_perm: Sequence[int] = (), obs_mirror: str = "negate", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        perm = (
-            ActionSpec.from_space(self.action_space).mirror_table(action_perm).tolist()
-        )  # checked: Discrete, a permutation
+        # checked: a Discrete space, and a permutation of its actions
+        perm = ActionSpec.from_space(self.action_space).mirror_table(action_perm).tolist()
         if obs_mirror not in OBS_MIRRORS:
             raise ValueError(f"obs_mirror {obs_mirror!r}: choose one of {OBS_MIRRORS}")
         self.action_perm, self.obs_mirror = perm, obs_mirror
