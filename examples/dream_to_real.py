@@ -46,6 +46,7 @@ of the real rewards over the frameskip, as recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -108,6 +109,14 @@ class Args:
     """Score in the real game only (the dream scores step the world, which takes minutes)."""
     save_agent: str = ""
     """Save the trained PPO agent to this .zip (stable_baselines3's format)."""
+    select_in: str = ""
+    """Keep the snapshot that does best in a world the agent does not train in: PATH[@FIELD=VALUE;...] (like an --ensemble member). Scored every --select-every steps and at the end; the selected snapshot is the one scored in the real game. Snapshots and scores go to --select-dir."""
+    select_every: int = 10_000
+    """Steps between two held-out scores with --select-in."""
+    select_episodes: int = 16
+    """Episodes per held-out score (the same starts every time), one per row of the held-out world."""
+    select_dir: str = "runs/selection"
+    """Where --select-in writes step-N.zip, best.zip and selection.json."""
     collect_out: str = ""
     """Then record real episodes played by the agent into this data folder (a DIAMOND round)."""
     collect_episodes: int = 200
@@ -135,17 +144,19 @@ def members(args: Args) -> list[tuple[str, str]]:
     return out
 
 
-def make_dream(args: Args):  # type: ignore[no-untyped-def]
+def make_dream(args: Args, worlds: list[tuple[str, str]] | None = None):  # type: ignore[no-untyped-def]
     """The neural world(s) as an SB3 VecEnv: channel-first uint8 frames (or read states), ``n_stack`` stacked.
 
-    With ``--ensemble`` each member is its own batched vector env of ``num_envs / members`` rows
-    (:func:`worldsim.gym.ensemble.concat_sb3`): the agent meets every member in every rollout.
+    ``worlds`` defaults to :func:`members`. With several, each is its own batched vector env of
+    ``num_envs / len(worlds)`` rows (:func:`worldsim.gym.ensemble.concat_sb3`): the agent meets
+    every member in every rollout.
     """
     from stable_baselines3.common.vec_env import VecFrameStack
 
     import worldsim  # noqa: F401  (registers worldsim/CartPole-v0)
     from worldsim.gym import WorldVectorEnv, to_sb3
     from worldsim.gym.core import load_world
+    from worldsim.gym.dream import read_state_vec
     from worldsim.gym.ensemble import concat_sb3, mirror_rows
     from worldsim.train.recipe import parse_mirror
     from worldsim.worlds import get_world
@@ -156,7 +167,7 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
         channels_first=pixels, max_episode_steps=args.max_episode_steps, end_rule=end_rule(args)
     )
     parts = []
-    worlds = members(args)
+    worlds = worlds or members(args)
     for path, sampler in worlds:
         model = load_world(path, args.device or None)
         if sampler:  # sessions read the sampler when they open: set it before the env exists
@@ -166,77 +177,25 @@ def make_dream(args: Args):  # type: ignore[no-untyped-def]
             part = mirror_rows(part, parse_mirror(args.mirror), range(1, part.num_envs, 2))
         parts.append(part)
     venv = parts[0] if len(parts) == 1 else concat_sb3(parts)
-    sb3 = venv if pixels else ReadState(venv, wd.state_reader)
-    vec = VecFrameStack(sb3, n_stack=args.n_stack, channels_order="first" if pixels else "last")
+    if not pixels:
+        try:
+            venv = read_state_vec(venv, wd.state_reader)
+        except ValueError as e:
+            raise SystemExit(f"--obs state: {e}") from None
+    vec = VecFrameStack(venv, n_stack=args.n_stack, channels_order="first" if pixels else "last")
     vec.seed(args.seed)
     return vec
 
 
 def end_rule(args: Args) -> Callable[[np.ndarray], np.ndarray] | None:
     """The dream's extra episode end: the game's bounds (``--end-rule``), tighter ones (``--end-bounds``), both or none."""
+    from worldsim.gym import dream
     from worldsim.worlds import get_world
 
-    wd = get_world(args.world)
-    rules = [wd.frames_done] if args.end_rule else []
-    if args.end_bounds:
-        if wd.state_reader is None:
-            raise SystemExit(f"--end-bounds: {args.world} has no state reader")
-        reader, bounds = wd.state_reader, []
-        for item in filter(None, (i.strip() for i in args.end_bounds.split(";"))):
-            name, _, rng = item.partition("=")
-            lo, _, hi = rng.partition(":")
-            if name not in wd.state_names or not lo or not hi:
-                raise SystemExit(f"--end-bounds: {item!r}; use NAME=LOW:HIGH with NAME one of {list(wd.state_names)}")
-            bounds.append((list(wd.state_names).index(name), float(lo), float(hi)))
-        idx, lo_, hi_ = (np.array(v) for v in zip(*bounds))
-        rules.append(lambda frames: ((s := _read(reader, frames)[:, idx]) < lo_).any(1) | (s > hi_).any(1))
-    if not rules:
-        return None
-    return lambda frames: np.logical_or.reduce([np.asarray(r(frames), bool) for r in rules])
-
-
-def _read(reader: Callable[[np.ndarray], np.ndarray], frames: np.ndarray) -> np.ndarray:
-    """(N, 64, 64, 3) frames -> (N, K) float32 states; an unreadable component reads as 0."""
-    return np.nan_to_num(np.asarray(reader(frames), np.float32))
-
-
-def ReadState(venv, reader):  # type: ignore[no-untyped-def]
-    """An SB3 VecEnv wrapper: each (channel-last) frame replaced by the state read off it."""
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import VecEnvWrapper
-
-    if reader is None:
-        raise SystemExit("--obs state needs a world with a state reader (WorldDef.state_reader); use --obs pixels")
-
-    class _ReadState(VecEnvWrapper):  # type: ignore[misc]
-        def __init__(self) -> None:
-            k = _read(reader, np.full((1, 64, 64, 3), 255, np.uint8)).shape[1]
-            super().__init__(venv, observation_space=gym.spaces.Box(-np.inf, np.inf, (k,), np.float32))
-
-        def reset(self) -> np.ndarray:
-            return _read(reader, self.venv.reset())
-
-        def step_wait(self):  # type: ignore[no-untyped-def]
-            obs, rew, done, infos = self.venv.step_wait()
-            for info in infos:
-                if "terminal_observation" in info:
-                    info["terminal_observation"] = _read(reader, info["terminal_observation"][None])[0]
-            return _read(reader, obs), rew, done, infos
-
-    return _ReadState()
-
-
-def dream_return(vec, policy: Callable[[np.ndarray], np.ndarray], episodes: int) -> float:  # type: ignore[no-untyped-def]
-    """Mean return of ``policy`` over the first ``episodes`` episodes that end in the neural world."""
-    obs, ep_ret = vec.reset(), np.zeros(vec.num_envs)
-    returns: list[float] = []
-    while len(returns) < episodes:
-        obs, rew, done, _ = vec.step(policy(obs))
-        ep_ret += rew
-        for i in np.flatnonzero(done):
-            returns.append(float(ep_ret[i]))
-            ep_ret[i] = 0.0
-    return float(np.mean(returns[:episodes]))
+    try:
+        return dream.end_rule(get_world(args.world), args.end_rule, args.end_bounds)
+    except ValueError as e:
+        raise SystemExit(f"--end-bounds: {e}") from None
 
 
 def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +203,7 @@ def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int)
     ended: for CartPole, cart x beyond 2.4 or the pole past 0.21 rad); the policy sees
     preprocessed, stacked frames like in training."""
     from worldsim.data import preprocess  # the recorder's crop + area resize
+    from worldsim.gym.dream import read_states
     from worldsim.worlds import get_world
 
     world = get_world(args.world)
@@ -252,7 +212,7 @@ def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int)
     def frame() -> np.ndarray:
         f = preprocess(env.render(), world.crop)
         if args.obs == "state":  # the same reader on the same 64x64 frame as in the dream
-            return _read(world.state_reader, f[None])[0]
+            return read_states(world.state_reader, f[None])[0]
         return f.transpose(2, 0, 1)  # (3, 64, 64), as in the dream
 
     returns, finals = [], []
@@ -275,7 +235,7 @@ def real_returns(policy: Callable[[np.ndarray], int], args: Args, episodes: int)
             stack = stack[1:] + [frame()]
         returns.append(total)
         if world.state_reader is not None:
-            finals.append(_read(world.state_reader, preprocess(env.render(), world.crop)[None])[0])
+            finals.append(read_states(world.state_reader, preprocess(env.render(), world.crop)[None])[0])
     env.close()
     return np.asarray(returns), np.asarray(finals)
 
@@ -288,6 +248,7 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
     from worldsim.data.policies import register_policy
     from worldsim.data.record import record
     from worldsim.data.record_cli import config_for
+    from worldsim.gym.dream import read_states
     from worldsim.worlds import get_world
 
     world = get_world(args.world)
@@ -298,7 +259,7 @@ def collect(model: Any, args: Args) -> dict[str, Any]:
         stack: list[np.ndarray] = []  # this episode's observations, as real_returns builds them
 
         def act(env: Any, frame: np.ndarray) -> int:
-            obs = _read(world.state_reader, frame[None])[0] if args.obs == "state" else frame.transpose(2, 0, 1)
+            obs = read_states(world.state_reader, frame[None])[0] if args.obs == "state" else frame.transpose(2, 0, 1)
             stack[:] = (stack or [np.zeros_like(obs)] * args.n_stack)[1:] + [obs]
             return int(policy(np.concatenate(stack, axis=0)[None])[0])
 
@@ -323,56 +284,65 @@ def mirror_perm(args: Args, action_space: Any) -> list[int]:
         raise SystemExit(f"--mirror: {e}") from None
 
 
-def train(vec: Any, args: Args) -> Any:
+def train(vec: Any, args: Args) -> tuple[Any, list[dict[str, Any]]]:
     """PPO trained in the dream for ``total_timesteps`` steps (from ``load_agent`` when given); with
-    ``--mirror`` its policy is a ``MirrorPolicy`` (symmetric by construction) while it learns too."""
+    ``--mirror`` its policy is a ``MirrorPolicy`` (symmetric by construction) while it learns too.
+    With ``--select-in`` the returned agent is the snapshot that did best in the held-out world,
+    and the list its scores (else empty). ``vec`` may be None to only load ``load_agent``."""
     from stable_baselines3 import PPO
 
-    sym: dict[str, Any] = {}
-    if args.mirror:
-        sym = {
-            "action_perm": mirror_perm(args, vec.action_space),
-            "obs_mirror": "negate" if args.obs == "state" else "flip",
-        }
     device = "cpu" if not args.device else args.device
+    cb = held_out(args)
     if args.load_agent:
         model = PPO.load(args.load_agent, env=vec, device=device)
-        if sym:
+        if args.mirror:
             from worldsim.gym.symmetric import make_symmetric
 
-            model = make_symmetric(model, **sym)
+            model = make_symmetric(model, **symmetric(args, model.action_space))
         model.verbose = args.verbose
         if args.total_timesteps:
-            model.learn(total_timesteps=args.total_timesteps, reset_num_timesteps=False)
-        return model
+            model.learn(total_timesteps=args.total_timesteps, reset_num_timesteps=False, callback=cb)
+    else:
+        policy: Any = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"
+        kwargs: dict[str, Any] = {}
+        if args.mirror:
+            from stable_baselines3.common.torch_layers import NatureCNN
 
-    policy: Any = "CnnPolicy" if args.obs == "pixels" else "MlpPolicy"
-    kwargs: dict[str, Any] = {}
-    if sym:
-        from stable_baselines3.common.torch_layers import NatureCNN
+            from worldsim.gym.symmetric import MirrorPolicy
 
-        from worldsim.gym.symmetric import MirrorPolicy
+            policy, kwargs = MirrorPolicy, symmetric(args, vec.action_space)
+            if args.obs == "pixels":
+                kwargs["features_extractor_class"] = NatureCNN
+        n_steps = max(2, min(args.n_steps, args.total_timesteps // args.num_envs))
+        batch_size = min(args.batch_size, n_steps * args.num_envs)
+        model = PPO(
+            policy, vec, n_steps=n_steps, batch_size=batch_size, n_epochs=args.n_epochs,
+            learning_rate=args.learning_rate, gamma=args.gamma, gae_lambda=args.gae_lambda,
+            seed=args.seed, device=device, verbose=args.verbose, policy_kwargs=kwargs,
+        )  # fmt: skip
+        model.learn(total_timesteps=args.total_timesteps, callback=cb)
+    if cb is None:
+        return model, []
+    cb.vec.close()
+    best = max(cb.history, key=lambda h: h["held_out_return"])
+    print(f"selected the step-{best['step']} snapshot: {best['held_out_return']:.1f} in the held-out world")
+    return PPO.load(cb.best_path, env=vec, device=device), cb.history
 
-        policy, kwargs = MirrorPolicy, dict(sym)
-        if args.obs == "pixels":
-            kwargs["features_extractor_class"] = NatureCNN
-    n_steps = max(2, min(args.n_steps, args.total_timesteps // args.num_envs))
-    model = PPO(
-        policy,
-        vec,
-        n_steps=n_steps,
-        batch_size=min(args.batch_size, n_steps * args.num_envs),
-        n_epochs=args.n_epochs,
-        learning_rate=args.learning_rate,
-        gamma=args.gamma,
-        gae_lambda=args.gae_lambda,
-        seed=args.seed,
-        device=device,
-        verbose=args.verbose,
-        policy_kwargs=kwargs,
-    )
-    model.learn(total_timesteps=args.total_timesteps)
-    return model
+
+def symmetric(args: Args, action_space: Any) -> dict[str, Any]:
+    """MirrorPolicy's arguments for ``--mirror``."""
+    return {"action_perm": mirror_perm(args, action_space), "obs_mirror": "negate" if args.obs == "state" else "flip"}
+
+
+def held_out(args: Args) -> Any:
+    """The ``--select-in`` callback (scores snapshots in the held-out world), or None."""
+    if not args.select_in or not args.total_timesteps:
+        return None
+    from worldsim.gym.dream import held_out_selection
+
+    path, _, sampler = args.select_in.strip().partition("@")
+    vec = make_dream(dataclasses.replace(args, mirror_rows=False), [(path, sampler)])
+    return held_out_selection(vec, args.select_dir, args.select_every, args.select_episodes, seed=args.seed + 20_000)
 
 
 def greedy(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -381,30 +351,33 @@ def greedy(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return lambda obs: model.predict(obs, deterministic=True)[0]
 
 
-def main(args: Args) -> dict[str, float]:
+def main(args: Args) -> dict[str, Any]:
+    from worldsim.gym.dream import dream_returns
     from worldsim.worlds import get_world
 
-    vec = make_dream(args)
+    vec = make_dream(args) if args.total_timesteps or not args.real_only else None  # scoring a saved agent: no dream
     t = time.time()
-    model = train(vec, args)
+    model, selection = train(vec, args)
     train_s = time.time() - t
     if args.total_timesteps:
         print(f"trained PPO for {args.total_timesteps} steps in the neural world in {train_s:.1f} s")
 
     rng = np.random.default_rng(args.seed)
-    n_actions = int(vec.action_space.n)
-    results: dict[str, float] = {}
+    n_actions = int(model.action_space.n)
+    results: dict[str, Any] = {}
     policy = greedy(model)
-    if not args.real_only:
-        results["dream_trained"] = dream_return(vec, policy, args.eval_episodes)
-        results["dream_random"] = dream_return(vec, lambda o: rng.integers(n_actions, size=len(o)), args.eval_episodes)
+    if vec is not None and not args.real_only:
+        random_policy = lambda o: rng.integers(n_actions, size=len(o))  # noqa: E731
+        results["dream_trained"] = float(dream_returns(vec, policy, args.eval_episodes).mean())
+        results["dream_random"] = float(dream_returns(vec, random_policy, args.eval_episodes).mean())
     real, finals = real_returns(lambda o: int(policy(o)[0]), args, args.eval_episodes)
     results["real_trained"] = float(np.mean(real))
     results["real_random"] = float(
         np.mean(real_returns(lambda o: int(rng.integers(n_actions)), args, args.eval_episodes)[0])
     )
     results["real_full_episodes"] = int(np.sum(real >= args.max_episode_steps * get_world(args.world).frameskip))
-    vec.close()
+    if vec is not None:
+        vec.close()
     results["train_seconds"] = round(train_s, 1)
     results["eval_seconds"] = round(time.time() - t - train_s, 1)
     if args.save_agent:
@@ -416,6 +389,7 @@ def main(args: Args) -> dict[str, float]:
         record = {
             "args": vars(args),
             **results,
+            "held_out_selection": selection,
             "real_trained_returns": real.tolist(),
             "real_final_states": finals.tolist(),
         }

@@ -126,7 +126,7 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
         mod.members(dataclasses.replace(args, num_envs=3))
     sym = dataclasses.replace(args, mirror="1,0", mirror_rows=True, num_envs=4)
     vec = mod.make_dream(sym)  # odd rows of each member seen in a mirror
-    model = mod.train(vec, sym)
+    model, _ = mod.train(vec, sym)
     obs = np.random.default_rng(0).normal(size=(64, vec.observation_space.shape[0])).astype(np.float32)
     act = mod.greedy(model)  # symmetric: the mirrored observation gets the mirrored action
     assert (act(-obs) == 1 - act(obs)).all()
@@ -166,6 +166,40 @@ def test_dream_end_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("cart_y=-1:1", "cart_x=1", "cart_x"):
         with pytest.raises(SystemExit, match="NAME=LOW:HIGH"):
             mod.end_rule(dataclasses.replace(args, end_bounds=bad))
+
+
+def test_held_out_selection(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--select-in: snapshots scored in a world the agent does not train in, every N steps and at the
+    end; the best one is the agent returned; dream_returns counts each row's first episode."""
+    pytest.importorskip("stable_baselines3")
+    from worldsim.gym.dream import dream_returns
+
+    mod = load_example("dream_to_real", monkeypatch)
+    sel = tmp_path / "sel"
+    args = mod.Args(
+        world_path=str(tiny_world_path), obs="state", total_timesteps=48, num_envs=2, n_steps=8,
+        max_episode_steps=4, eval_episodes=2, select_in=f"{tiny_world_path}@guidance_scale=1.5",
+        select_every=16, select_episodes=3, select_dir=str(sel), json_out=str(tmp_path / "r.json"),
+    )  # fmt: skip
+    vec = mod.make_dream(args)
+    model, history = mod.train(vec, args)
+    steps = [h["step"] for h in history]
+    assert steps == sorted(steps) and len(steps) >= 3 and steps[-1] == 48
+    assert (sel / "best.zip").exists() and all(Path(h["path"]).exists() for h in history)
+    assert json.loads((sel / "selection.json").read_text()) == history
+    best = max(history, key=lambda h: h["held_out_return"])
+    again = dream_returns(vec, mod.greedy(model), 4, seed=7)
+    assert again.shape == (4,) and (again <= 4 * 2).all()  # 4 frames x frameskip 2 at most
+    assert dream_returns(vec, mod.greedy(model), 4, seed=7).tolist() == again.tolist()  # same starts
+    vec.close()
+    from stable_baselines3 import PPO
+
+    chosen = PPO.load(sel / "best.zip")
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    assert (chosen.predict(obs, deterministic=True)[0] == model.predict(obs, deterministic=True)[0]).all()
+    assert best["held_out_return"] == max(h["held_out_return"] for h in history)
+    res = mod.main(args)
+    assert json.loads((tmp_path / "r.json").read_text())["held_out_selection"] and np.isfinite(res["real_trained"])
 
 
 def test_dream_states_example_runs(tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
