@@ -7,6 +7,11 @@
     sb3_env = worldsim.gym.to_sb3(worldsim.gym.make_vec_env("my_world.safetensors", 16))
     ensemble = worldsim.gym.concat_sb3([to_sb3(v) for v in vector_envs])  # rows over several worlds
 
+Training agents in the dream (SB3): :mod:`worldsim.gym.ensemble` (rows over several worlds),
+:mod:`worldsim.gym.symmetric` (``MirrorPolicy`` for mirror-symmetric games) and
+:mod:`worldsim.gym.dream` (read states as observations, dream episode ends on the read state,
+unbiased dream returns, keeping the snapshot that does best in a held-out world).
+
 Attributes are imported lazily, so that ``import worldsim`` (which registers the envs through
 :mod:`worldsim.gym.registration`) never imports torch.
 """
