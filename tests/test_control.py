@@ -91,6 +91,11 @@ def test_real_game_as_the_world_is_exact(cartpole) -> None:  # type: ignore[no-u
         assert all(e == 0.0 for e in v.error_per_frame if np.isfinite(e)), name
         assert all(b == 0.0 for b in v.bias_per_frame + v.bias_per_action if np.isfinite(b)), name
     assert len(held.variables["pole_angle"].bias_per_action) == 2 and not held.variables[PIXELS].bias_per_frame
+    # The reader's resolution, from its error against CartPole's internal state on these very frames.
+    assert runs.real.states is not None and runs.real.states.shape == (*runs.real.terminated.shape, 2)
+    cart, pole = held.variables["cart_x"], held.variables["pole_angle"]
+    assert 0 < cart.resolution < 0.05 and 0 < pole.resolution < 0.05 and held.variables[PIXELS].resolution == 0
+    assert cart.sign_agreement_all == 1.0 and cart.pairs_all >= cart.pairs_scored
     # Pushing right moves the cart right of pushing left, in the real game.
     assert held.variables["cart_x"].real_effect_per_frame[-1] > 0
     resets = collect_starts(game, 12, context=2, seed=100, prefix=(0, 0))
@@ -177,3 +182,19 @@ def test_closed_loop_real_game_as_the_world_and_a_deaf_world(cartpole, tiny_worl
         "balance", Branches(up.frames[:, :5], up.terminated[:, :5]), world_ends(a, reader, done)[2]
     )
     assert short.episodes == 4 and short.frames == 5 and all(1 <= n <= 5 for n in short.world_lengths)
+
+
+def test_reader_resolution_is_twice_the_p95_error() -> None:
+    """Twice the 95th percentile of |read - true| over the live frames; None without true states."""
+    from worldsim.eval.control import Branches
+    from worldsim.eval.fidelity import reader_resolution
+
+    T = 100
+    frames = np.zeros((1, T, 4, 4, 3), np.uint8)
+    frames[0, :, 0, 0, 0] = np.arange(T)
+    reader = lambda f: (f[:, 0, 0, :1] % 10).astype(np.float64) / 10  # noqa: E731  (error 0.0 .. 0.9)
+    live = np.ones((1, T), bool)
+    live[0, 50:] = False  # frames after the end are not scored
+    res = reader_resolution(reader, Branches(frames, ~live, np.zeros((1, T, 1))), live)
+    assert res is not None and res[0] == pytest.approx(2 * np.percentile(np.arange(50) % 10 / 10, 95))
+    assert reader_resolution(reader, Branches(frames, ~live), live) is None

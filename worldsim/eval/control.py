@@ -57,6 +57,9 @@ class Branches:
     terminated: np.ndarray
     """(B, T) bool: the side says the episode has ended at this frame (real: from the end on;
     world: the termination head, per frame)."""
+    states: np.ndarray | None = None
+    """(B, T, K) the game's internal state at each frame (the real game, when its world defines
+    ``true_state``), else None: what the state reader is checked against (its resolution)."""
 
 
 class Side(Protocol):
@@ -94,17 +97,21 @@ class RealSide:
         s = starts[0].frames.shape[1]
         frames = np.zeros((B, T, s, s, 3), np.uint8)
         term = np.zeros((B, T), bool)
+        states: list[np.ndarray | None] = []
         for b, start in enumerate(starts):
             self.restore(start)
             for t in range(T):
-                if self.game.step(actions[b, t]).done:
-                    frames[b, t:] = self.game.frame()
-                    term[b, t:] = True
-                    break
+                done = self.game.step(actions[b, t]).done
                 frames[b, t] = self.game.frame()
+                states.append(self.game.true_state())
+                if done:
+                    frames[b, t + 1 :], term[b, t:] = frames[b, t], True
+                    states += states[-1:] * (T - t - 1)
+                    break
             if self.progress is not None:
                 self.progress.update(1)
-        return Branches(frames, term)
+        true = None if not states or states[0] is None else np.stack(states).reshape(B, T, -1)  # type: ignore[arg-type]
+        return Branches(frames, term, true)
 
 
 # ---------------------------------------------------------------------------- a world

@@ -7,10 +7,16 @@ reader on both sides) and per frame 1..k after the branch point:
   holding b (every pair when there are at most :data:`MAX_PAIRS`, else each action against the
   first, the null action);
 - **sign agreement**: share of (start, pair) whose world effect has the real effect's sign,
-  leaving out real effects of ~0 (``|real| <= eps``); a world effect of exactly 0 is a tie and
-  counts 1/2, so a world that ignores its actions scores 0.5 whether its branches differ by noise
-  or not at all; the headline takes each (start, pair) at the last frame both real branches are
-  still live;
+  leaving out real effects the reader cannot resolve (``|real| <= resolution``, below); a world
+  effect of exactly 0 is a tie and counts 1/2, so a world that ignores its actions scores 0.5
+  whether its branches differ by noise or not at all; the headline takes each (start, pair) at the
+  last frame both real branches are still live. ``sign_agreement_all`` is the same over every pair
+  with a nonzero real effect;
+- **reader resolution**: when the real game reports its internal state (``WorldDef.true_state``),
+  twice the 95th percentile of the reader's error against it on the real frames of this very run:
+  an effect (a difference of two reads) smaller than that may have its sign from the reader's
+  noise alone (Boxing: a punching arm moves a boxer's read centre by a unit or two). Without a
+  true state the resolution is 0 and every nonzero real effect counts;
 - **magnitude ratio**: median of |world effect| / |real effect| per frame, and pooled over frames
   1..min(6, k) (the headline);
 - **error**: mean |world state - real state| per frame over (start, action);
@@ -69,6 +75,9 @@ class VariableFidelity:
     real_effect_per_frame: list[float]  # median |real effect|, for scale
     bias_per_frame: list[float] = field(default_factory=list)  # mean (world - real) state; empty for pixels
     bias_per_action: list[float] = field(default_factory=list)  # the same per held action, over all frames
+    resolution: float = 0.0  # real effects at most this large are not scored (see the module doc)
+    sign_agreement_all: float = math.nan  # over every pair with a nonzero real effect
+    pairs_all: int = 0
 
 
 @dataclass
@@ -170,6 +179,15 @@ def _pair_effects(x: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray
     return x[:, a] - x[:, b]
 
 
+def reader_resolution(reader: Reader, real: Branches, live: np.ndarray) -> np.ndarray | None:
+    """(K,) twice the 95th percentile of |read - true state| over the live real frames, per
+    variable; None when the real side has no true states."""
+    if real.states is None:
+        return None
+    err = np.abs(_read(reader, real.frames) - real.states)[live]  # (M, K)
+    return np.asarray(2 * _nan(np.nanpercentile, err, 95, axis=0), np.float64)
+
+
 def held_fidelity(runs: HeldRuns, reader: Reader | None, state_names: Sequence[str], eps: float = 1e-6) -> HeldFidelity:
     """Sign agreement, magnitude ratio and error per variable and frame (see the module doc)."""
     N, A = runs.shape
@@ -182,9 +200,14 @@ def held_fidelity(runs: HeldRuns, reader: Reader | None, state_names: Sequence[s
     if reader is not None:
         rs, ws = _read(reader, runs.real.frames), _read(reader, runs.world.frames)  # (N*A, k, S)
         rs, ws = rs.reshape(N, A, k, -1), ws.reshape(N, A, k, -1)
+        res = reader_resolution(reader, runs.real, live.reshape(N * A, k))
         for c, name in enumerate(state_names):
             err = _nan(np.nanmean, np.where(live, np.abs(ws[..., c] - rs[..., c]), np.nan), axis=(0, 1))
-            v = _score(name, _pair_effects(ws[..., c], pairs), _pair_effects(rs[..., c], pairs), plive, err, eps)
+            w_eff, r_eff = _pair_effects(ws[..., c], pairs), _pair_effects(rs[..., c], pairs)
+            resolution = float(res[c]) if res is not None and np.isfinite(res[c]) else 0.0
+            v = _score(name, w_eff, r_eff, plive, err, max(eps, resolution))
+            every = _score(name, w_eff, r_eff, plive, err, eps)
+            v.resolution, v.sign_agreement_all, v.pairs_all = resolution, every.sign_agreement, every.pairs_scored
             diff = np.where(live, ws[..., c] - rs[..., c], np.nan)  # (N, A, k)
             v.bias_per_frame = [float(x) for x in _nan(np.nanmean, diff, axis=(0, 1))]
             v.bias_per_action = [float(x) for x in _nan(np.nanmean, diff, axis=(0, 2))]

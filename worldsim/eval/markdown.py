@@ -293,17 +293,23 @@ def _held_tables(name: str, h: HeldFidelity) -> list[str]:
     lines = [
         f"#### {name}: every action held {h.frames} frames from {h.states} real states"
         f" ({len(h.actions)} actions, {len(h.pairs)} action pairs; {h.real_ended_early} branches ended early"
-        " in the real game)",
+        " in the real game). Signs are scored where the real effect exceeds the reader's resolution"
+        " (twice its 95th-percentile error against the game's internal state in this run; '-': no"
+        " internal state, every nonzero effect counts).",
         "",
-        "| variable | pairs | sign agreement | magnitude ratio | " + " | ".join(f"f{t}" for t in frames) + " |",
-        "|---|---|---|---|" + "---|" * h.frames,
+        "| variable | pairs | sign agreement | magnitude ratio | reader resolution | every pair: sign (pairs) | "
+        + " | ".join(f"f{t}" for t in frames)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * h.frames,
     ]
     for v in h.variables.values():
         head = f"| {v.name} | {v.pairs_scored} | {_fmt(v.sign_agreement)} | {_fmt(v.magnitude_ratio)} |"
+        every = f"{_fmt(v.sign_agreement_all)} ({v.pairs_all})" if v.pairs_all else "-"
+        head += f" {_fmt(v.resolution) if v.resolution else '-'} | {every} |"
         rows = [("sign", v.sign_per_frame), ("ratio", v.ratio_per_frame), ("error", v.error_per_frame)]
         for label, row in rows + ([("bias", v.bias_per_frame)] if v.bias_per_frame else []):
             lines.append(head + " " + " | ".join(f"{label} {_fmt(x)}" for x in row) + " |")
-            head = "| | | | |"
+            head = "| | | | | | |"
     biased = [v for v in h.variables.values() if v.bias_per_action]
     if biased:
         lines += ["", "Bias (mean world - real state over the held frames) per held action:", ""]
