@@ -40,6 +40,14 @@ felt), so the agent must succeed in all of them (model-based RL's answer, as in 
     python examples/dream_to_real.py --obs state --num-envs 32 \
         --ensemble 'envs/cartpole/cartpole.safetensors@guidance_scale=3.0|round7.safetensors@guidance_scale=1.5'
 
+Which snapshot to score: the agent's return in the worlds it trains in keeps rising after its
+real return starts to fall. ``--select-in`` scores it every ``--select-every`` steps in a world it
+never trains in and keeps the best snapshot (``worldsim.gym.dream.held_out_selection``). The
+CartPole agent that met the 450 target (the card has the command)::
+
+    python examples/dream_to_real.py --obs state --total-timesteps 60000 --end-rule \
+        --end-bounds 'cart_x=-1.6:1.6' --mirror 1,0 --ensemble '...' --select-in 'C.safetensors@guidance_scale=1.5'
+
 Returns are in the real game's reward units in both worlds: a neural frame's reward is the sum
 of the real rewards over the frameskip, as recorded.
 """
