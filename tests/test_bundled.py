@@ -46,7 +46,7 @@ def _real_episode(seed: int, steps: int) -> tuple[np.ndarray, list[int]]:
 def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
     K = world.config.context_frames
     psnr1, psnr10, angle_err = [], [], []
-    for seed in range(4):
+    for seed in range(8):  # frame 10's PSNR varies 18-35 dB between episodes: a mean over 4 was too noisy a floor
         real, acts = _real_episode(seed, 12)  # real[i + 1] follows acts[i]
         s = world.session(1, seed=seed)
         s.reset(frames=real[:K], actions=np.array([0, *acts[: K - 1]]))
@@ -57,7 +57,7 @@ def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
         angle_err.append(np.abs(WORLD.state_reader(gen)[:, 1] - WORLD.state_reader(target)[:, 1]).mean())
     assert np.mean(psnr1) > 26.0, psnr1
     assert np.mean(psnr10) > 20.0, psnr10
-    assert np.nanmean(angle_err) < 0.1, angle_err  # radians, mean over the 10 frames and 4 episodes
+    assert np.nanmean(angle_err) < 0.1, angle_err  # radians, mean over the 10 frames and 8 episodes
 
 
 def test_actions_move_the_cart(world: Any) -> None:
