@@ -18,7 +18,8 @@ reader on both sides) and per frame 1..k after the branch point:
   noise alone (Boxing: a punching arm moves a boxer's read centre by a unit or two). Without a
   true state the resolution is 0 and every nonzero real effect counts;
 - **magnitude ratio**: median of |world effect| / |real effect| per frame, and pooled over frames
-  1..min(6, k) (the headline);
+  1..min(6, k) (the headline), over the same resolvable real effects (a real effect within the
+  reader's noise in the denominator would make any ratio);
 - **error**: mean |world state - real state| per frame over (start, action);
 - **bias**: the same signed, mean (world state - real state), per frame and per held action: a
   drift the pair effects cannot see (both actions' outcomes shifted the same way, as when the
