@@ -138,6 +138,33 @@ def test_finetune_rounds_keep_the_sampler_and_refuse_another_game(
     assert "not the same game" in capsys.readouterr().err
 
 
+def test_self_forcing_again_from_a_fine_tuned_world_with_it_as_teacher(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--stage self-forcing --init WORLD --teacher WORLD: Self Forcing after fine-tune rounds (which train
+    with the teacher's loss, i.e. teacher forcing) rolls the fine-tuned world out again, scored against
+    itself; the student moves, its sampler stays, the teacher is in the provenance; another game's
+    teacher is refused, and a missing one names the flag."""
+    import torch
+
+    monkeypatch.chdir(workspace)
+    src = _world(workspace, "pendulum")
+    before = WorldModel.load(src, device="cpu")
+    sf = ["train", "pendulum", "--stage", "self-forcing", "--data", "data/pendulum", "--threads", "1", *SETS]
+    sf += ["--set", "self_forcing.steps=2", "--init", str(src)]
+    assert main([*sf, "--teacher", str(src), "--runs", "sf1"]) == 0
+    after = WorldModel.load(Path("sf1/pendulum/self-forcing/world.safetensors"), device="cpu")
+    assert after.config.sampler == before.config.sampler
+    assert any(not torch.equal(a, b) for a, b in zip(after.denoiser.parameters(), before.denoiser.parameters()))
+    assert after.provenance["self-forcing-2"]["teacher"] == str(src)
+    assert after.provenance["self-forcing-2"]["config"]["steps"] == 2
+    capsys.readouterr()
+    assert main([*sf, "--teacher", str(_world(workspace, "acrobot")), "--runs", "sf2"]) != 0
+    assert "acts in" in capsys.readouterr().err
+    assert main([*sf, "--runs", "sf3"]) != 0  # no teacher run under sf3/ and no --teacher
+    assert "--teacher" in capsys.readouterr().err
+
+
 def test_two_evals_go_to_two_folders(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workspace)
     quick = ["--episodes", "1", "--horizon", "3", "--horizons", "1,3", "--no-control", "--no-divergence"]

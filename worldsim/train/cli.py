@@ -131,7 +131,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="codec stage: start from this world instead of random weights (same game and frames): its codec is "
         "fine-tuned for the codec stage's steps (0 keeps it as it is) and its denoiser becomes the teacher's "
         "starting point (--set codec.fresh_denoiser=True: a new one); e.g. retrain a world on new recordings. "
-        "guidance stage: the world to distil; finetune stage: the world to fine-tune",
+        "guidance stage: the world to distil; finetune stage: the world to fine-tune; self-forcing stage: the "
+        "student to roll out (default the student run's), e.g. Self Forcing again after fine-tune rounds",
+    )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        metavar="WORLD.safetensors",
+        help="self-forcing stage: the world whose guided score is DMD's real score and the critic's start "
+        "(default the teacher run's); any world trained with the teacher's loss at every noise level, e.g. a "
+        "fine-tuned world",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field"
@@ -190,6 +200,9 @@ def _run_all(args: argparse.Namespace) -> int:
                 "mode": mode,
                 "run_name": None,
                 "steps": args.steps,
+                # --init starts the recipe (its codec stage); later stages chain on the recipe's own runs
+                "init": getattr(args, "init", None) if stage == "codec" else None,
+                "teacher": None,
                 "resume": True,
                 "export": args.export and stage == "self-forcing" and mode == "self",
             }
@@ -312,7 +325,7 @@ def _stage_input(st: _Stage) -> WorldModel:
     args = st.args
     prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": st.run_dir.name}
     src = st.root / prev.get(args.stage, st.sf_name) / "world.safetensors"
-    if args.stage in ("guidance", "finetune") and getattr(args, "init", None) is not None:
+    if args.stage in ("guidance", "finetune", "self-forcing") and getattr(args, "init", None) is not None:
         src = args.init
     if not Path(src).exists():
         raise SystemExit(f"{args.stage} needs {src}: train that stage first (or give --init WORLD.safetensors)")
@@ -354,9 +367,12 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
     elif args.stage == "student":
         metrics = train_student(cfg, world, sampler, st.run_dir, device, d, args.resume)
     else:
-        teacher = WorldModel.load(
-            st.root / "teacher" / "world.safetensors", device=device, dtype=torch.float32, compile=False
-        )
+        teacher_path = getattr(args, "teacher", None) or st.root / "teacher" / "world.safetensors"
+        if not Path(teacher_path).exists():
+            raise SystemExit(f"self-forcing needs a teacher at {teacher_path}: train it or give --teacher WORLD")
+        teacher = WorldModel.load(teacher_path, device=device, dtype=torch.float32, compile=False)
+        if teacher.config.action_space != st.spec:
+            raise SystemExit(f"--teacher {teacher_path} acts in {teacher.config.action_space}, the data in {st.spec}")
         metrics = train_self_forcing(cfg, world, teacher, sampler, st.run_dir, device, d, args.resume, args.mode)
         if cfg.refit_heads and d.main:
             heads_cfg = build_config(HeadFitConfig, st.recipe.get("heads", {}), st.sets.get("heads", {}))
@@ -377,6 +393,7 @@ def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: 
         "data": [str(p) for p in st.data],
         "train_frames": sum(len(e) for e in st.train_eps),
         "mirror": args.mirror,
+        **({"teacher": str(args.teacher)} if getattr(args, "teacher", None) and args.stage == "self-forcing" else {}),
         "metrics": metrics,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,
