@@ -246,3 +246,43 @@ def test_gym_make_and_check_env(workspace: Path, name: str) -> None:
     obs, _ = env.reset(seed=0)
     assert obs.shape == (64, 64, 3) and env.spec is not None and env.spec.max_episode_steps
     env.close()
+
+
+def test_sampler_sets_the_reset_context_from_a_recording(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """worldsim sampler --context-frames N --data DIR: sessions start from N real frames, the start
+    clips are the recording's first N frames, the weights are untouched, and the world plays."""
+    import numpy as np
+    import torch
+
+    from worldsim.gym.env import WorldEnv
+
+    monkeypatch.chdir(workspace)
+    src = _world(workspace, "pendulum")
+    before = WorldModel.load(src, device="cpu")
+    cmd = ["sampler", str(src), "--context-frames", "3", "--data", "data/pendulum", "--out", "ctx3.safetensors"]
+    assert main(cmd) == 0
+    after = WorldModel.load(Path("ctx3.safetensors"), device="cpu")
+    assert after.config.context_frames == 3 and after.start_frames.shape[1:] == (3, *before.start_frames.shape[2:])
+    assert after.start_actions.shape[:2] == after.start_frames.shape[:2]
+    assert all(torch.equal(a, b) for a, b in zip(after.denoiser.parameters(), before.denoiser.parameters()))
+    assert after.provenance["context"]["from"] == before.config.context_frames
+    assert after.provenance["context"]["to"] == 3
+    from worldsim.train.data import load_aligned
+
+    first = load_aligned(["data/pendulum"], "val")[0] + load_aligned(["data/pendulum"], "train")[0]
+    np.testing.assert_array_equal(after.start_frames[0].numpy(), first[0].frames[:3])
+    env = WorldEnv(after)
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs.shape == (after.config.codec.image_size, after.config.codec.image_size, 3)
+    env.close()
+    capsys.readouterr()
+    assert main(["sampler", str(src), "--context-frames", "3", "--out", "x.safetensors"]) == 2
+    assert "needs --data" in capsys.readouterr().err
+    assert (
+        main(["sampler", str(src), "--context-frames", "99", "--data", "data/pendulum", "--out", "x.safetensors"]) == 2
+    )
+    assert "cache capacity" in capsys.readouterr().err
+    assert not Path("x.safetensors").exists()

@@ -9,6 +9,15 @@ envs, the server) samples with it::
 
 The weights are copied byte for byte (verified first); the file's provenance gains a
 ``sampler`` entry (``sampler-2`` for a second change, ...) with the old and the new values.
+
+``--context-frames N --data DIR`` changes how many real frames a session starts from (the
+world's reset context, ``WorldConfig.context_frames``) and replaces its start clips by the first N
+frames of DIR's recorded episodes (validation then training episodes, as training picks them); a
+``context`` provenance entry records it. More context lets the world read velocities off more
+frames; it needs no training when the world was trained on clips longer than N (the causal
+denoiser has seen every position up to its cache's capacity)::
+
+    worldsim sampler envs/cartpole/cartpole.safetensors --context-frames 4 --data data/cartpole --out ctx4.safetensors
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from worldsim import checkpoint as ckpt
 
@@ -36,6 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="change a sampler field, e.g. guidance_scale=1.5 or 'timesteps=(1.0, 0.75, 0.5, 0.25)' (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write here (default: the input file, in place)")
+    parser.add_argument(
+        "--context-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="real frames a session starts from (the reset context); needs --data for the new start clips",
+    )
+    parser.add_argument(
+        "--data", type=Path, nargs="+", default=None, metavar="DIR", help="recorded data: the start clips' source"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,21 +68,59 @@ def main(args: argparse.Namespace) -> int:
     except (KeyError, TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{args.world}: config metadata is missing or invalid: {e}") from e
     old = config.sampler
-    if not args.sets:
-        print(json.dumps(dataclasses.asdict(old), indent=2))
+    context = getattr(args, "context_frames", None)
+    if not args.sets and context is None:
+        print(json.dumps({**dataclasses.asdict(old), "context_frames": config.context_frames}, indent=2))
         return 0
     new = old.with_overrides(args.sets)  # a bad value fails here (SamplerConfig checks), before any write
-    config.sampler = new
     provenance = dict(meta.get("provenance", {}))
-    provenance[ckpt.provenance_key(provenance, "sampler")] = {
-        "from": ckpt.to_jsonable(old),
-        "to": ckpt.to_jsonable(new),
-        "set": list(args.sets),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    if context is not None:
+        provenance[ckpt.provenance_key(provenance, "context")] = _set_context(args, config, tensors, context)
+    if args.sets:
+        config.sampler = new
+        provenance[ckpt.provenance_key(provenance, "sampler")] = {
+            "from": ckpt.to_jsonable(old),
+            "to": ckpt.to_jsonable(new),
+            "set": list(args.sets),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
     out = args.out or args.world
     ckpt.save_file(out, tensors, config, provenance)
     before = dataclasses.asdict(old)
     changed = {k: v for k, v in dataclasses.asdict(new).items() if before[k] != v}
-    log.info("wrote %s with sampler %s", out, json.dumps(changed))
+    log.info("wrote %s with sampler %s, context %d frames", out, json.dumps(changed), config.context_frames)
     return 0
+
+
+def _set_context(args: argparse.Namespace, config: Any, tensors: dict[str, Any], k: int) -> dict[str, Any]:
+    """Set ``config.context_frames`` to ``k`` and ``tensors``' start clips to k-frame clips of ``args.data``."""
+    import torch
+
+    from worldsim.train.cli import start_clips
+    from worldsim.train.data import load_aligned
+
+    if not args.data:
+        raise SystemExit("worldsim sampler --context-frames needs --data DIR: the start clips come from a recording")
+    if not 1 <= k <= config.cache.capacity:
+        raise SystemExit(f"--context-frames {k}: must be in 1..{config.cache.capacity} (the world's cache capacity)")
+    eps, spec = load_aligned(args.data, "val")
+    train, _ = load_aligned(args.data, "train")
+    if spec != config.action_space:
+        raise SystemExit(f"--data {args.data[0]} acts in {spec}, the world in {config.action_space}: not the same game")
+    frames, actions = start_clips(eps + train, k)
+    if len(frames) == 0:
+        raise SystemExit(f"--data: no recorded episode has {k} frames")
+    size = config.codec.image_size
+    if tuple(frames.shape[2:]) != (size, size, 3):
+        raise SystemExit(f"--data frames are {tuple(frames.shape[2:])}, the world's {(size, size, 3)}")
+    old = config.context_frames
+    config.context_frames = k
+    tensors["start.frames"] = frames.to(torch.uint8)
+    tensors["start.actions"] = actions.to(tensors["start.actions"].dtype)
+    return {
+        "from": old,
+        "to": k,
+        "data": [str(d) for d in args.data],
+        "start_clips": len(frames),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
