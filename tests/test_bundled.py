@@ -47,7 +47,7 @@ def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
     K = world.config.context_frames
     psnr1, psnr10, angle_err = [], [], []
     for seed in range(8):  # frame 10's PSNR varies 18-35 dB between episodes: a mean over 4 was too noisy a floor
-        real, acts = _real_episode(seed, 12)  # real[i + 1] follows acts[i]
+        real, acts = _real_episode(seed, K + 10)  # real[i + 1] follows acts[i]
         s = world.session(1, seed=seed)
         s.reset(frames=real[:K], actions=np.array([0, *acts[: K - 1]]))
         gen = np.stack([s.step([a]).frames[0] for a in acts[K - 1 : K + 9]])  # frames K .. K+9
@@ -63,10 +63,11 @@ def test_predicts_the_real_game_a_few_frames_ahead(world: Any) -> None:
 def test_actions_move_the_cart(world: Any) -> None:
     """Holding right moves the cart right of where holding left takes it, as in the real game."""
     xs = {}
+    K = world.config.context_frames
     for a in (0, 1):
         s = world.session(1, seed=0)
-        real, acts = _real_episode(0, 1)
-        s.reset(frames=real[:2], actions=np.array([0, *acts]))
+        real, acts = _real_episode(0, K - 1)
+        s.reset(frames=real[:K], actions=np.array([0, *acts]))
         frames = np.stack([s.step([a]).frames[0] for _ in range(8)])
         xs[a] = WORLD.state_reader(frames)[:, 0]
     assert np.isfinite(xs[0]).all() and np.isfinite(xs[1]).all()
