@@ -12,6 +12,9 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 # Sessions run eager in the suite (a compile per test process would cost minutes);
 # tests/test_compiled.py turns compilation on explicitly and checks it against eager.
 os.environ.setdefault("WORLDSIM_COMPILE", "0")
+# Training stages encode anew instead of writing latents under ~/.cache (tests/test_train_speed.py
+# turns the cache on in a temporary folder).
+os.environ.setdefault("WORLDSIM_LATENT_CACHE", "0")
 
 
 @pytest.fixture(scope="session")

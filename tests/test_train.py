@@ -17,7 +17,8 @@ import torch
 from worldsim.engine.cache import KVCache
 from worldsim.testing import tiny_config, tiny_world
 from worldsim.train.codec_stage import CodecTrainConfig, train_codec
-from worldsim.train.data import AlignedEpisode, ClipSampler, encode_episodes
+from worldsim.train.data import AlignedEpisode, ClipSampler
+from worldsim.train.latents import encode_episodes
 from worldsim.train.loop import Dist, seed_everything
 from worldsim.train.self_forcing import SelfForcingConfig, rollout, train_self_forcing
 from worldsim.train.student import StudentTrainConfig, train_student

@@ -61,8 +61,13 @@ def resolve(requested: bool | None, device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def cache_root() -> Path:
+    """worldsim's on-disk cache: ``WORLDSIM_CACHE``, else ``~/.cache/worldsim``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "worldsim")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "worldsim") / "compiled"
+    return cache_root() / "compiled"
 
 
 class _Pass(torch.nn.Module):

@@ -50,9 +50,11 @@ from worldsim.engine.cache import CacheConfig
 from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldModel, default_device
 from worldsim.train.codec_stage import train_codec
-from worldsim.train.data import ClipSampler, encode_episodes, load_aligned, mirror_episodes, same_game
+from worldsim.train.compile import resolve as resolve_compile
+from worldsim.train.data import ClipSampler, load_aligned, mirror_episodes, same_game
 from worldsim.train.guidance import GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
+from worldsim.train.latents import encode_episodes
 from worldsim.train.loop import init_distributed, seed_everything
 from worldsim.train.recipe import (
     STAGE_CONFIGS,
@@ -154,6 +156,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "entry (CartPole: 1,0); for games that look the same in a mirror, it makes the world's dynamics symmetric",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last state")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the denoiser's whole-clip training forward/backward through torch.compile: about a minute of "
+        "compiling, then faster steps (docs/performance.md); default WORLDSIM_TRAIN_COMPILE, else off",
+    )
     parser.add_argument("--export", action="store_true", help="copy the result to envs/<world>/<world>.safetensors")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     parser.add_argument("--keys", default=None, metavar="MAP", help="key map stored in the world (see worldsim play)")
@@ -269,6 +278,7 @@ class _Stage:
     train_eps: list[Any]
     val_eps: list[Any]
     spec: Any
+    compiled: bool = False  # the training forward through torch.compile (worldsim.train.compile)
 
 
 def _run_stage(args: argparse.Namespace) -> int:
@@ -297,7 +307,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         log.info("with mirrored copies: %d train episodes", len(train_eps))
     st = _Stage(
         args, d, device, sets, world_def, recipe, data, timing, stage_cfg, root, sf_name, root / run_name,
-        train_eps, val_eps, spec,
+        train_eps, val_eps, spec, resolve_compile(getattr(args, "compile", None)),
     )  # fmt: skip
     world, metrics, provenance = _codec_stage(st) if args.stage == "codec" else _later_stage(st)
     _save(st, world, metrics, provenance, time.time() - t0)
@@ -355,17 +365,17 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
     if args.stage == "heads":
         metrics = fit_heads(cfg, world.denoiser, lat_train, encode_episodes(world.codec, st.val_eps, device), device)
     elif args.stage == "finetune":  # the world keeps its sampler (few steps, guidance)
-        metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume)
+        metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume, st.compiled)
     elif args.stage == "teacher":
-        metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume)
+        metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume, st.compiled)
         world.config.sampler = SamplerConfig(timesteps=tuple(i / 16 for i in range(16, 0, -1)), guidance_scale=1.5)
     elif args.stage == "guidance":
         try:
-            metrics = train_guidance(cfg, world, sampler, st.run_dir, device, d, args.resume)
+            metrics = train_guidance(cfg, world, sampler, st.run_dir, device, d, args.resume, st.compiled)
         except GuidanceDistillError as e:
             raise SystemExit(f"worldsim train --stage guidance: {e}") from None
     elif args.stage == "student":
-        metrics = train_student(cfg, world, sampler, st.run_dir, device, d, args.resume)
+        metrics = train_student(cfg, world, sampler, st.run_dir, device, d, args.resume, compile_model=st.compiled)
     else:
         teacher_path = getattr(args, "teacher", None) or st.root / "teacher" / "world.safetensors"
         if not Path(teacher_path).exists():
@@ -373,7 +383,9 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
         teacher = WorldModel.load(teacher_path, device=device, dtype=torch.float32, compile=False)
         if teacher.config.action_space != st.spec:
             raise SystemExit(f"--teacher {teacher_path} acts in {teacher.config.action_space}, the data in {st.spec}")
-        metrics = train_self_forcing(cfg, world, teacher, sampler, st.run_dir, device, d, args.resume, args.mode)
+        metrics = train_self_forcing(
+            cfg, world, teacher, sampler, st.run_dir, device, d, args.resume, args.mode, st.compiled
+        )
         if cfg.refit_heads and d.main:
             heads_cfg = build_config(HeadFitConfig, st.recipe.get("heads", {}), st.sets.get("heads", {}))
             lat_val = encode_episodes(world.codec, st.val_eps, device)
@@ -393,6 +405,7 @@ def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: 
         "data": [str(p) for p in st.data],
         "train_frames": sum(len(e) for e in st.train_eps),
         "mirror": args.mirror,
+        "compiled": st.compiled,
         **({"teacher": str(args.teacher)} if getattr(args, "teacher", None) and args.stage == "self-forcing" else {}),
         "metrics": metrics,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

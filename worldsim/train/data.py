@@ -10,7 +10,8 @@ Per frame j of an episode (frames[0] is the reset observation):
 - ``reward[j]`` / ``terminated[j]`` come with entering frame j.
 
 The denoiser trains on latents, so episodes are encoded once by the codec and kept in memory
-(a 60k-frame data set is ~250 MB of fp32 latents); the codec stage samples pixel frames.
+(a 60k-frame data set is ~250 MB of fp32 latents; ``worldsim.train.latents`` encodes and caches
+them); the codec stage samples pixel frames.
 """
 
 from __future__ import annotations
@@ -127,21 +128,6 @@ def same_game(dirs: Sequence[Path], world: str) -> dict[str, Any]:
                     "train on recordings of one game with the same frames, or train them separately"
                 )
     return manifests[0]
-
-
-@torch.no_grad()
-def encode_episodes(
-    codec: torch.nn.Module, eps: list[AlignedEpisode], device: torch.device, chunk: int = 512
-) -> list[AlignedEpisode]:
-    """Replace frames by normalised codec latents (float32, on CPU)."""
-    out = []
-    for e in eps:
-        lat = [
-            codec.encode(torch.from_numpy(np.ascontiguousarray(e.frames[i : i + chunk])).to(device)).float().cpu()  # type: ignore[operator]
-            for i in range(0, len(e.frames), chunk)
-        ]
-        out.append(AlignedEpisode(torch.cat(lat).numpy(), e.actions, e.has_action, e.rewards, e.terminated, e.free))
-    return out
 
 
 class ClipSampler:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from worldsim.engine.world import WorldModel
+from worldsim.train.compile import TrainForward
 from worldsim.train.data import ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import add_noise
@@ -76,6 +77,7 @@ def train_guidance(
     device: torch.device,
     d: Dist,
     resume: bool = False,
+    compile_model: bool = False,
 ) -> dict[str, float]:
     """Distil ``world``'s guided sampler into its denoiser, in place; the world then samples unguided."""
     g = cfg.guidance_scale or world.config.sampler.guidance_scale
@@ -88,6 +90,7 @@ def train_guidance(
     target = copy.deepcopy(model).eval().requires_grad_(False)  # the guided world, frozen
     levels = torch.tensor([t for t in world.config.sampler.timesteps if t > 0], device=device, dtype=torch.float32)
     model.train().requires_grad_(True)
+    forward, target_forward = TrainForward(model, compile_model), TrainForward(target, compile_model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = cosine_warmup(opt, cfg.steps, cfg.warmup)
     ck = Checkpointer(run_dir / "state.pt", {"denoiser": model}, {"opt": opt, "sched": sched}, {"data": sampler.rng})
@@ -100,9 +103,10 @@ def train_guidance(
         t = _timesteps(cfg, levels, B, T, device)
         xt = add_noise(b.x, t, torch.randn_like(b.x))
         with torch.no_grad():
-            cond = target(xt, t, b.action, b.has_action)
-            v_guided = target(xt, t, b.action, torch.zeros_like(b.has_action)).v.lerp(cond.v, g)  # (B, T, C, h, w)
-        out = model(xt, t, b.action, b.has_action)
+            cond = target_forward(xt, t, b.action, b.has_action)
+            uncond = target_forward(xt, t, b.action, torch.zeros_like(b.has_action))
+            v_guided = uncond.v.lerp(cond.v, g)  # (B, T, C, h, w)
+        out = forward(xt, t, b.action, b.has_action)
         noisy, clean = (t > 0).float(), ((t == 0) & b.has_action).float()
         vl = ((out.v - v_guided).pow(2).flatten(2).mean(-1) * noisy).sum() / noisy.sum().clamp_min(1)
         p_end = torch.sigmoid(cond.term_logit)  # the frozen heads' end probability, a soft target

@@ -33,6 +33,7 @@ from worldsim.engine.cache import KVCache
 from worldsim.engine.sampler import commit_context, commit_frame, denoise_frame
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
+from worldsim.train.compile import TrainForward
 from worldsim.train.data import Batch, ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, ema_update, sync_grads
 from worldsim.train.losses import add_noise, dmd_loss, flow_loss, head_loss, x0_from_v
@@ -133,12 +134,15 @@ def train_self_forcing(
     d: Dist,
     resume: bool = False,
     mode: str = "self",
+    compile_model: bool = False,
 ) -> dict[str, float]:
     student = world.denoiser
     teacher = teacher_world.denoiser.eval().requires_grad_(False)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     student.train().requires_grad_(True)
+    # Whole-clip forwards (compiled with --compile); the rollout runs frame by frame through the cache.
+    teacher_fwd, critic_fwd, student_fwd = (TrainForward(m, compile_model) for m in (teacher, critic, student))
     schedule = world.config.sampler.schedule()
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.0, 0.999), weight_decay=0.01)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=(0.0, 0.999), weight_decay=0.01)
@@ -170,14 +174,14 @@ def train_self_forcing(
         with torch.no_grad():
             t = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, device=device)
             xt, tt, _ = _score_inputs(x_full.detach(), K, t)
-            v_c = teacher(xt, tt, b.action, b.has_action).v
-            v_u = teacher(xt, tt, b.action, torch.zeros_like(b.has_action)).v
+            v_c = teacher_fwd(xt, tt, b.action, b.has_action).v
+            v_u = teacher_fwd(xt, tt, b.action, torch.zeros_like(b.has_action)).v
             x0_real = x0_from_v(xt, tt, v_u + cfg.guidance_scale * (v_c - v_u))
-            x0_fake = x0_from_v(xt, tt, critic(xt, tt, b.action, b.has_action).v)
+            x0_fake = x0_from_v(xt, tt, critic_fwd(xt, tt, b.action, b.has_action).v)
         g_loss = dmd_loss(x_full, x0_real, x0_fake, gen_mask)
         # Heads: re-fit on ground truth with the backbone's features detached.
         with torch.no_grad():
-            pooled = student(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
+            pooled = student_fwd(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
         hout = student.head_outputs(pooled)
         h_loss, hm = head_loss(hout, b.reward, b.terminated, b.has_action)
         opt_g.zero_grad(set_to_none=True)
@@ -200,7 +204,7 @@ def train_self_forcing(
             tc = torch.rand(B, T, device=device)
             tc[:, :K] = 0
             eps = torch.randn_like(xf)
-            out = critic(add_noise(xf, tc, eps), tc, b.action, b.has_action)
+            out = critic_fwd(add_noise(xf, tc, eps), tc, b.action, b.has_action)
             c_loss = flow_loss(out.v, xf, eps, gen_mask)
             opt_c.zero_grad(set_to_none=True)
             c_loss.backward()

@@ -19,6 +19,7 @@ import torch
 
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
+from worldsim.train.compile import TrainForward
 from worldsim.train.data import Batch, ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import head_loss, x0_from_v
@@ -97,6 +98,7 @@ def train_student(
     d: Dist,
     resume: bool = False,
     teacher: CausalDenoiser | None = None,
+    compile_model: bool = False,
 ) -> dict[str, float]:
     """Regress ``world``'s denoiser onto ``teacher``'s ODE (default: a frozen copy of itself)."""
     student = world.denoiser
@@ -112,6 +114,7 @@ def train_student(
     del teacher
 
     student.train().requires_grad_(True)
+    forward = TrainForward(student, compile_model)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
     sched = cosine_warmup(opt, cfg.steps, cfg.warmup)
     pick = torch.Generator().manual_seed(cfg.seed + d.rank)
@@ -126,7 +129,7 @@ def train_student(
         k = torch.randint(len(ts), (B, T), generator=pick).to(device)
         xq = torch.gather(xs, 2, k.view(B, T, 1, 1, 1, 1).expand(-1, -1, 1, *xs.shape[3:])).squeeze(2)
         tq = tvec[k]
-        out = student(
+        out = forward(
             *paired_inputs(b.x, torch.zeros(B, T, device=device), xq, tq, b), ctx=student.paired_context(T, device)
         )
         x0_pred = x0_from_v(xq, tq, out.v[:, T:])

@@ -18,6 +18,7 @@ import torch
 
 from worldsim.data.diagnostic import MIN_FREE_SHARE
 from worldsim.engine.world import WorldModel
+from worldsim.train.compile import TrainForward
 from worldsim.train.data import ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import add_noise, flow_loss, head_loss
@@ -86,6 +87,7 @@ def train_teacher(
     device: torch.device,
     d: Dist,
     resume: bool = False,
+    compile_model: bool = False,
 ) -> dict[str, float]:
     if cfg.policy_actions not in ("condition", "null"):
         raise ValueError(f"teacher.policy_actions is 'condition' or 'null', got {cfg.policy_actions!r}")
@@ -99,6 +101,7 @@ def train_teacher(
         )
     model = world.denoiser
     model.train().requires_grad_(True)
+    forward = TrainForward(model, compile_model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
     sched = cosine_warmup(opt, cfg.steps, cfg.warmup)
     ck = Checkpointer(run_dir / "state.pt", {"denoiser": model}, {"opt": opt, "sched": sched}, {"data": sampler.rng})
@@ -115,7 +118,7 @@ def train_teacher(
         cond = b.has_action & ~drop
         if cfg.policy_actions == "null" and b.free is not None:
             cond = cond & b.free
-        out = model(xt, t, b.action, cond)
+        out = forward(xt, t, b.action, cond)
         fl = flow_loss(out.v, b.x, eps, t > 0)
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
         loss = fl + cfg.head_weight * hl
