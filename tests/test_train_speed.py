@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -117,3 +118,27 @@ def test_training_forward_falls_back_to_eager(
         out = fwd(*args)
     assert "training continues eager" in caplog.text and not fwd.is_compiled
     torch.testing.assert_close(out.v, model(*args).v)
+
+
+def test_training_throughput_bench_runs_the_real_stages(tmp_path: Path) -> None:
+    from worldsim.cli import main
+
+    out = tmp_path / "train.json"
+    assert (
+        main(["bench", "--config", "tiny", "--training", "--modes", "eager", "--train-steps", "2", "--json", str(out)])
+        == 0
+    )
+
+    rows = json.loads(out.read_text())["training"]
+    assert [(r["stage"], r["mode"]) for r in rows] == [("teacher", "eager"), ("self-forcing", "eager")]
+    assert all(r["steps_per_s"] > 0 and r["s_per_step"] > 0 for r in rows)
+    assert rows[0]["batch"] == 16 and rows[1]["batch"] == 8  # the stage defaults (no bundled recipe)
+
+
+def test_training_throughput_refuses_what_it_cannot_measure() -> None:
+    from worldsim.train.throughput import stage_throughput
+
+    with pytest.raises(ValueError, match="teacher, self-forcing"):
+        stage_throughput(tiny_world(), "codec", False, 2, 1, {})
+    with pytest.raises(ValueError, match="steps >= 2"):
+        stage_throughput(tiny_world(), "teacher", False, 1, 1, {})

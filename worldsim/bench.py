@@ -242,6 +242,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first-frame", action="store_true", help="also seconds to the first frame in a fresh process, cold and warm"
     )
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="only training steps/s: the teacher and Self Forcing stages, per --modes, on random latents of the "
+        "world's shapes with its recipe's batch and clip length (--train-steps timed after 3 warm-up steps)",
+    )
+    parser.add_argument("--train-steps", type=int, default=20, help="with --training: timed steps per stage and mode")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
@@ -254,6 +261,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--grpc-clients takes positive client counts like 1,16,64, got {spec!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if getattr(args, "training", False):
+        return _training(args)
     out = on_torch_thread(_measure, args)
     if isinstance(out, int):
         return out
@@ -330,6 +339,31 @@ def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel
             n: vector_env_steps_per_second(world, n, steps=max(10, 200 // n)) for n in (1, 16, 64)
         }
     return res, world
+
+
+def _training(args: argparse.Namespace) -> int:
+    """``--training``: the denoiser stages' steps/s, eager and compiled (``worldsim.train.throughput``)."""
+    from worldsim.train.throughput import bench_training, print_training
+
+    cpu = torch.device("cpu")
+    recipe: dict[str, Any] = {}
+    if args.target:
+        from worldsim.worlds import get_world, world_path
+
+        world = WorldModel.load(world_path(args.target), device=cpu, dtype=torch.float32, compile=False)
+
+        try:
+            recipe = dict(get_world(args.target).train)
+        except KeyError:
+            pass  # a checkpoint of one's own: the stage defaults
+    else:
+        world = load(None, args.config, cpu, torch.float32)
+    rows = bench_training(world, recipe, parse_list(args.modes, MODES, "--modes"), args.train_steps)
+    print_training(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"world": args.target, "threads": torch.get_num_threads(), "training": rows}))
+        log.info("wrote %s", args.json)
+    return 0
 
 
 def _soak(args: argparse.Namespace, world: WorldModel) -> int:
