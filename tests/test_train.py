@@ -302,6 +302,28 @@ def test_fit_heads_learns_episode_ends_backbone_untouched() -> None:
     assert all(torch.equal(v, after[k]) for k, v in backbone.items())
 
 
+def test_heads_see_episode_ends_after_as_few_frames_as_a_session_starts_from() -> None:
+    """With min_history K, every window's last frame is judged again after K+1 .. clip_len-1 frames,
+    so an end that comes soon after a session's K real frames is in the heads' training data."""
+    from worldsim.train.heads import HeadFitConfig, _windows, features
+
+    world = tiny_world()
+    lat = encode_episodes(world.codec, toy_episodes(n=3, length=24), CPU)  # 25 frames, the last terminal
+    cfg = HeadFitConfig(clip_len=6)
+    full = features(world.denoiser, lat, cfg, CPU)
+    short = features(world.denoiser, lat, cfg, CPU, min_history=3)
+    wins = len(_windows(lat, 6))
+    assert len(short) == len(full) + wins * 2  # lengths 4 and 5: one more judged frame each
+    assert int(full.terminated.sum()) == 3 and int(short.terminated.sum()) == 3 * 3
+    # The terminal frame judged after 4 frames is the causal forward of exactly those 4 frames.
+    e = lat[0]
+    x = torch.from_numpy(e.frames[-4:])[None]
+    out = world.denoiser(
+        x, torch.zeros(1, 4), torch.from_numpy(e.actions[-4:])[None], torch.from_numpy(e.has_action[-4:])[None]
+    )
+    assert any(torch.allclose(out.pooled[0, -1], row, atol=1e-5) for row in short.pooled[short.terminated])
+
+
 def test_train_data_from_several_recordings_of_one_game(tmp_path: Path) -> None:
     from worldsim.train.data import same_game
 

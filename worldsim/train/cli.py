@@ -363,7 +363,8 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
     lat_train = encode_episodes(world.codec, st.train_eps, device)
     sampler = ClipSampler(lat_train, cfg.clip_len, seed=cfg.seed + d.rank, term_boost=getattr(cfg, "term_boost", 0.0))
     if args.stage == "heads":
-        metrics = fit_heads(cfg, world.denoiser, lat_train, encode_episodes(world.codec, st.val_eps, device), device)
+        lat_val = encode_episodes(world.codec, st.val_eps, device)
+        metrics = fit_heads(cfg, world.denoiser, lat_train, lat_val, device, world.config.context_frames)
     elif args.stage == "finetune":  # the world keeps its sampler (few steps, guidance)
         metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume, st.compiled)
     elif args.stage == "teacher":
@@ -389,7 +390,9 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
         if cfg.refit_heads and d.main:
             heads_cfg = build_config(HeadFitConfig, st.recipe.get("heads", {}), st.sets.get("heads", {}))
             lat_val = encode_episodes(world.codec, st.val_eps, device)
-            metrics.update(fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device))
+            metrics.update(
+                fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device, world.config.context_frames)
+            )
     return world, metrics, provenance
 
 

@@ -46,6 +46,12 @@ class HeadFitConfig:
     """Up-weighting of terminal frames in the BCE (as in the teacher and student stages)."""
     threshold: float = 0.5
     """Termination probability above which a frame counts as an episode end (for the metrics)."""
+    min_history: int = -1
+    """Also judge every window's last frame from shorter histories, of ``min_history + 1`` to
+    ``clip_len - 1`` frames (-1: the world's ``context_frames``; 0: off). A session starts from
+    that many real frames anywhere in an episode, while windows that tile an episode from its reset
+    only ever show an end after a full window: heads fitted on those alone learned that nothing
+    ends within ``clip_len - context_frames`` frames of a reset (CartPole: never before frame 4)."""
     seed: int = 0
 
 
@@ -73,6 +79,15 @@ def _windows(eps: list[AlignedEpisode], T: int) -> list[tuple[int, int]]:
     return out
 
 
+def _shorter(wins: list[tuple[int, int]], T: int, min_history: int) -> list[tuple[int, int, int, bool]]:
+    """(episode, start, length, last frame only): the windows, then each one's last frame again
+    after ``min_history + 1`` .. ``T - 1`` frames of history."""
+    out = [(i, s, T, False) for i, s in wins]
+    if min_history > 0:
+        out += [(i, s + T - L, L, True) for i, s in wins for L in range(min_history + 1, T)]
+    return out
+
+
 @torch.no_grad()
 def features(
     model: CausalDenoiser,
@@ -80,6 +95,7 @@ def features(
     cfg: HeadFitConfig,
     device: torch.device,
     max_windows: int | None = None,
+    min_history: int = 0,
 ) -> Features:
     """Pooled backbone features of every action-conditioned frame of (a sample of) the episodes' windows.
 
@@ -96,16 +112,24 @@ def features(
         wins = ends + [rest[j] for j in sorted(pick)]
     model.eval()
     pooled, rew, term = [], [], []
-    for k in range(0, len(wins), cfg.forward_batch):
-        chunk = wins[k : k + cfg.forward_batch]
-        x = torch.from_numpy(np.stack([eps[i].frames[s : s + T] for i, s in chunk])).to(device)
-        a = torch.from_numpy(np.stack([eps[i].actions[s : s + T] for i, s in chunk])).to(device)
-        has = torch.from_numpy(np.stack([eps[i].has_action[s : s + T] for i, s in chunk])).to(device)
-        out = model(x.float(), torch.zeros(x.shape[:2], device=device), a, has)
-        keep = has.reshape(-1).cpu()
-        pooled.append(out.pooled.reshape(-1, out.pooled.shape[-1]).float().cpu()[keep])  # (n, D)
-        rew.append(torch.from_numpy(np.stack([eps[i].rewards[s : s + T] for i, s in chunk])).reshape(-1)[keep])
-        term.append(torch.from_numpy(np.stack([eps[i].terminated[s : s + T] for i, s in chunk])).reshape(-1)[keep])
+    jobs = sorted(_shorter(wins, T, min_history), key=lambda w: w[2])  # batched by length
+    for k in range(0, len(jobs), cfg.forward_batch):
+        chunk = jobs[k : k + cfg.forward_batch]
+        for L in sorted({w[2] for w in chunk}):
+            part = [w for w in chunk if w[2] == L]
+            x = torch.from_numpy(np.stack([eps[i].frames[s : s + L] for i, s, _, _ in part])).to(device)
+            a = torch.from_numpy(np.stack([eps[i].actions[s : s + L] for i, s, _, _ in part])).to(device)
+            has = torch.from_numpy(np.stack([eps[i].has_action[s : s + L] for i, s, _, _ in part])).to(device)
+            out = model(x.float(), torch.zeros(x.shape[:2], device=device), a, has)
+            keep = has.clone()
+            last_only = torch.tensor([w[3] for w in part], device=device)
+            keep[last_only, :-1] = False
+            keep = keep.reshape(-1).cpu()
+            pooled.append(out.pooled.reshape(-1, out.pooled.shape[-1]).float().cpu()[keep])  # (n, D)
+            rew.append(torch.from_numpy(np.stack([eps[i].rewards[s : s + L] for i, s, _, _ in part])).reshape(-1)[keep])
+            term.append(
+                torch.from_numpy(np.stack([eps[i].terminated[s : s + L] for i, s, _, _ in part])).reshape(-1)[keep]
+            )
     return Features(torch.cat(pooled), torch.cat(rew).float(), torch.cat(term).bool())
 
 
@@ -148,6 +172,7 @@ def fit_heads(
     train_eps: list[AlignedEpisode],
     val_eps: list[AlignedEpisode],
     device: torch.device,
+    context_frames: int = 0,
 ) -> dict[str, float]:
     """Train ``model.reward_head`` and ``model.term_head`` on frozen features; keep them if val improves.
 
@@ -155,8 +180,9 @@ def fit_heads(
     were kept (``heads_kept``).
     """
     torch.manual_seed(cfg.seed)
-    tr = features(model, train_eps, cfg, device, cfg.max_windows)
-    va = features(model, val_eps, cfg, device)
+    short = context_frames if cfg.min_history < 0 else cfg.min_history
+    tr = features(model, train_eps, cfg, device, cfg.max_windows, short)
+    va = features(model, val_eps, cfg, device, min_history=short)
     heads = Heads(model)
     before = head_metrics(heads, va, cfg)
     log.info(
