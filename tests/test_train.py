@@ -324,6 +324,24 @@ def test_heads_see_episode_ends_after_as_few_frames_as_a_session_starts_from() -
     assert any(torch.allclose(out.pooled[0, -1], row, atol=1e-5) for row in short.pooled[short.terminated])
 
 
+def test_fit_heads_can_fit_the_termination_head_alone() -> None:
+    from worldsim.train.heads import HeadFitConfig, fit_heads
+
+    world = tiny_world()
+    world.requires_grad_(False)
+    lat = encode_episodes(world.codec, toy_episodes(n=6, length=24), CPU)
+    reward = {k: v.clone() for k, v in world.denoiser.reward_head.state_dict().items()}
+    term = {k: v.clone() for k, v in world.denoiser.term_head.state_dict().items()}
+    m = fit_heads(
+        HeadFitConfig(steps=50, batch=64, clip_len=6, which="termination"), world.denoiser, lat[:-2], lat[-2:], CPU
+    )
+    assert m["heads_kept"] == 1.0
+    assert all(torch.equal(v, world.denoiser.reward_head.state_dict()[k]) for k, v in reward.items())
+    assert not all(torch.equal(v, world.denoiser.term_head.state_dict()[k]) for k, v in term.items())
+    with pytest.raises(ValueError, match="heads.which"):
+        fit_heads(HeadFitConfig(which="rewards"), world.denoiser, lat, lat, CPU)
+
+
 def test_train_data_from_several_recordings_of_one_game(tmp_path: Path) -> None:
     from worldsim.train.data import same_game
 

@@ -52,6 +52,8 @@ class HeadFitConfig:
     that many real frames anywhere in an episode, while windows that tile an episode from its reset
     only ever show an end after a full window: heads fitted on those alone learned that nothing
     ends within ``clip_len - context_frames`` frames of a reset (CartPole: never before frame 4)."""
+    which: str = "both"
+    """The heads to fit: ``both``, ``termination`` or ``reward`` (the other keeps its weights)."""
     seed: int = 0
 
 
@@ -179,6 +181,8 @@ def fit_heads(
     Returns the val metrics before (``before_*``) and after (``heads_*``) and whether the new heads
     were kept (``heads_kept``).
     """
+    if cfg.which not in ("both", "termination", "reward"):
+        raise ValueError(f"heads.which is 'both', 'termination' or 'reward', got {cfg.which!r}")
     torch.manual_seed(cfg.seed)
     short = context_frames if cfg.min_history < 0 else cfg.min_history
     tr = features(model, train_eps, cfg, device, cfg.max_windows, short)
@@ -194,6 +198,10 @@ def fit_heads(
         _fmt(before),
     )
     heads.train().requires_grad_(True)
+    if cfg.which == "termination":
+        heads.reward_head.requires_grad_(False)
+    elif cfg.which == "reward":
+        heads.term_head.requires_grad_(False)
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -209,8 +217,10 @@ def fit_heads(
     after = head_metrics(heads.eval(), va, cfg)
     kept = after["loss"] <= before["loss"]
     if kept:  # load_state_dict copies into the model's own tensors: its device and dtype stay
-        model.reward_head.load_state_dict(heads.reward_head.state_dict())
-        model.term_head.load_state_dict(heads.term_head.state_dict())
+        if cfg.which in ("both", "reward"):
+            model.reward_head.load_state_dict(heads.reward_head.state_dict())
+        if cfg.which in ("both", "termination"):
+            model.term_head.load_state_dict(heads.term_head.state_dict())
         log.info("heads: val after %s", _fmt(after))
     else:
         log.warning("heads: re-fit heads are worse on val (%s); keeping the old ones", _fmt(after))
