@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import CPU, FixedSampler, toy_episodes
 
-from tests.test_train import CPU, FixedSampler, toy_episodes
 from worldsim.testing import tiny_world
 from worldsim.train import latents
 from worldsim.train.compile import TrainForward
