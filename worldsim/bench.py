@@ -56,11 +56,13 @@ def matmul_gflops(n: int = 1024, reps: int = 20, dtype: torch.dtype = torch.floa
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def load(target: str | None, config: str, device: torch.device, dtype: torch.dtype | None) -> WorldModel:
+def load(
+    target: str | None, config: str, device: torch.device, dtype: torch.dtype | None, compile: bool | None = None
+) -> WorldModel:
     if target:
         from worldsim.worlds import world_path
 
-        return WorldModel.load(world_path(target), device=device, dtype=dtype)
+        return WorldModel.load(world_path(target), device=device, dtype=dtype, compile=compile)
     import gymnasium as gym
 
     from worldsim.spaces import ActionSpec
@@ -345,19 +347,15 @@ def _training(args: argparse.Namespace) -> int:
     """``--training``: the denoiser stages' steps/s, eager and compiled (``worldsim.train.throughput``)."""
     from worldsim.train.throughput import bench_training, print_training
 
-    cpu = torch.device("cpu")
+    world = load(args.target, args.config, torch.device("cpu"), torch.float32, compile=False)
     recipe: dict[str, Any] = {}
     if args.target:
-        from worldsim.worlds import get_world, world_path
-
-        world = WorldModel.load(world_path(args.target), device=cpu, dtype=torch.float32, compile=False)
+        from worldsim.worlds import get_world
 
         try:
             recipe = dict(get_world(args.target).train)
         except KeyError:
             pass  # a checkpoint of one's own: the stage defaults
-    else:
-        world = load(None, args.config, cpu, torch.float32)
     rows = bench_training(world, recipe, parse_list(args.modes, MODES, "--modes"), args.train_steps)
     print_training(rows)
     if args.json:

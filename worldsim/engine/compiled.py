@@ -50,15 +50,21 @@ FORWARD_KV_BATCH_DIMS = (0, 0, 0, 0, 0, 0, 0, 1, 1)
 """Batch dimension of each ``forward_kv`` input: x, t, action, has_action, q_cos, q_sin, mask, k, v."""
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment variable: unset -> ``default``; ``0``/``false``/``no``/``off``/empty -> off;
+    anything else -> on. Every ``WORLDSIM_*`` switch reads through this."""
+    env = os.environ.get(name)
+    if env is None:
+        return default
+    return env.strip().lower() not in ("0", "false", "no", "off", "")
+
+
 def resolve(requested: bool | None, device: torch.device) -> bool:
     """Whether a world on ``device`` runs compiled: ``requested`` if given, else ``WORLDSIM_COMPILE``
     (``0``/``false``/``no``/``off`` = off, anything else = on), else on for CPU, off on CUDA."""
     if requested is not None:
         return requested
-    env = os.environ.get(ENV_VAR)
-    if env is not None:
-        return env.strip().lower() not in ("0", "false", "no", "off", "")
-    return device.type == "cpu"
+    return env_flag(ENV_VAR, device.type == "cpu")
 
 
 def cache_root() -> Path:

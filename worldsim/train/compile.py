@@ -16,10 +16,11 @@ and the exported world see the same tensors; nothing is saved differently.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
+
+from worldsim.engine.compiled import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ ENV_VAR = "WORLDSIM_TRAIN_COMPILE"
 
 
 def resolve(requested: bool | None) -> bool:
-    """``requested`` if given, else ``WORLDSIM_TRAIN_COMPILE`` (``1``/``true``/``yes``/``on``), else off."""
+    """``requested`` if given, else ``WORLDSIM_TRAIN_COMPILE`` (``1`` on, ``0`` off), else off."""
     if requested is not None:
         return requested
-    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(ENV_VAR, False)
 
 
 class TrainForward:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.engine.compiled import cache_root
+from worldsim.engine.compiled import cache_root, env_flag
 from worldsim.train.data import AlignedEpisode
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ KEEP = 6
 
 
 def cache_enabled() -> bool:
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(ENV_VAR, True)
 
 
 def latent_key(codec: torch.nn.Module, eps: list[AlignedEpisode], device: torch.device) -> str:

@@ -72,8 +72,8 @@ def stage_throughput(
     if stage not in STAGES:
         raise ValueError(f"training throughput is measured for {', '.join(STAGES)}, not {stage!r}")
     seed_everything(0)
-    w = copy.deepcopy(world).to(torch.device("cpu"))  # the copy trains; the caller's world is untouched
-    device = next(w.parameters()).device
+    device = torch.device("cpu")
+    w = copy.deepcopy(world).to(device)  # the copy trains; the caller's world is untouched
     key = stage.replace("-", "_")
     cls = TeacherTrainConfig if stage == "teacher" else SelfForcingConfig
     if warmup < 1 or steps < 2:
