@@ -117,7 +117,7 @@ def test_dream_to_real_ensemble(tiny_world_path: Path, monkeypatch: pytest.Monke
     )
     assert mod.members(args) == [(str(tiny_world_path), "guidance_scale=1.5"), (str(tiny_world_path), "")]
     vec = mod.make_dream(args)
-    guidance = [m.venv.core.session.guidance_scale for m in vec.venv.venv.members]
+    guidance = [m.venv.core.session.step_guidance[0] for m in vec.venv.venv.members]
     assert guidance == [1.5, 1.0] and vec.num_envs == 4
     vec.close()
     res = mod.main(args)

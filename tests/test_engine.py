@@ -285,6 +285,43 @@ def test_guided_rollout_differs_from_unguided() -> None:
     assert not np.array_equal(frames[0], frames[1])
 
 
+def test_guidance_on_the_first_steps_only() -> None:
+    """``guidance_steps``: guidance on the first N steps, the action alone after. N = all steps is
+    the plain guided sampler; the unguided steps read only the action's cache rows (half the work),
+    and give what the same step run on both rows would: the model's cache protocol, which runs
+    both, and the engine's explicit-tensor path, which runs half, agree."""
+    from worldsim.engine.sampler import cache_passes, commit_context, denoise, kv_passes
+
+    cfg = SamplerConfig(guidance_scale=2.0, guidance_steps=1)
+    assert cfg.step_guidance() == [2.0, 1.0, 1.0, 1.0] and cfg.guided
+    assert SamplerConfig(guidance_scale=2.0).step_guidance() == [2.0] * 4
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="guidance_steps"):
+            SamplerConfig(guidance_steps=bad)  # type: ignore[arg-type]
+
+    def rollout(sampler: SamplerConfig) -> np.ndarray:
+        s = tiny_world(sampler=sampler).session(2, seed=0)
+        s.reset()
+        return np.stack([s.step([i % 2, 1]).frames for i in range(6)])
+
+    every = rollout(SamplerConfig(guidance_scale=3.0))
+    assert np.array_equal(rollout(SamplerConfig(guidance_scale=3.0, guidance_steps=4)), every)
+    assert not np.array_equal(rollout(SamplerConfig(guidance_scale=3.0, guidance_steps=1)), every)
+
+    m, spec = _model()
+    B, K = 3, 3
+    ctx, acts = torch.randn(B, K, 4, 4, 4), _actions(spec, B, K + 1)
+    noise = torch.randn(B, 4, 4, 4, 4)
+    x0 = []
+    for make in (lambda c: cache_passes(m, c), lambda c: kv_passes(m.forward_kv, c)):
+        cache = KVCache(m.cfg, CacheConfig(window=4), batch=2 * B)
+        commit_context(m, cache, ctx, acts[:, :K], guided=True)
+        has = torch.ones(B, 1, dtype=torch.bool)
+        with torch.no_grad():
+            x0.append(denoise(make(cache), acts[:, K:], has, noise, [1.0, 0.75, 0.5, 0.25], [3.0, 3.0, 1.0, 1.0]).x0)
+    torch.testing.assert_close(x0[0], x0[1], atol=1e-5, rtol=1e-5)
+
+
 def test_old_guidance_key_loads(tmp_path: Path) -> None:
     """Checkpoints written before the rename store ``sampler.cfg_scale``; they load as before."""
     from safetensors import safe_open

@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variants",
         default="default",
-        help="sampler variants timed in the last mode: default, 3-step, last-step-cache, unguided (comma-separated)",
+        help=f"sampler variants timed in the last mode: {', '.join(VARIANTS)} (comma-separated)",
     )
     parser.add_argument(
         "--first-frame", action="store_true", help="also seconds to the first frame in a fresh process, cold and warm"

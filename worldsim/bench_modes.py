@@ -7,7 +7,8 @@
   ``3-step`` (three denoising steps), ``last-step-cache`` (the last denoising pass writes the
   KV cache: no separate clean pass) and ``unguided`` (``guidance_scale = 1``: one row per world
   row instead of two; the speed of the world after ``worldsim train --stage guidance`` distils
-  its guidance, which has the same network);
+  its guidance, which has the same network) and ``guided-first-step`` (``guidance_steps = 1``:
+  the later steps read only the action's rows; scale 2.0, the measured CartPole setting);
 - **first frame**: a fresh process loads the world, opens a session and produces one frame, on
   an empty compile cache (cold) and again on the one it filled (warm).
 """
@@ -33,6 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "3-step": {"timesteps": (1.0, 2 / 3, 1 / 3)},
     "last-step-cache": {"cache_pass": "last_step"},
     "unguided": {"guidance_scale": 1.0},
+    "guided-first-step": {"guidance_scale": 2.0, "guidance_steps": 1},
 }
 MODES = ("eager", "compiled")
 

@@ -70,6 +70,20 @@ class FrameKV:
     k: torch.Tensor  # (depth, B, H, L, hd) cached keys, rotated
     v: torch.Tensor  # (depth, B, H, L, hd) cached values
 
+    def action_rows(self) -> FrameKV:
+        """Rows ``0, 2, ..`` of a guided cache (each row's action, not its null copy), dense."""
+
+        def even(x: torch.Tensor, dim: int) -> torch.Tensor:
+            return x if x.shape[dim] == 1 else x.unflatten(dim, (-1, 2)).select(dim + 1, 0).contiguous()
+
+        return FrameKV(
+            even(self.q_cos, 0),
+            even(self.q_sin, 0),
+            None if self.mask is None else even(self.mask, 0),
+            even(self.k, 1),
+            even(self.v, 1),
+        )
+
 
 class KVCache:
     """Preallocated per-layer K/V ring buffers with a batch dimension. Sized from the configs.

@@ -22,7 +22,7 @@ import ast
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -42,6 +42,10 @@ class SamplerConfig:
     guidance_scale: float = 1.0
     """Classifier-free guidance on the action (1.0 = off; the distilled student needs none).
     Checkpoints written before the rename store it as ``cfg_scale`` (see :data:`RENAMED_FIELDS`)."""
+    guidance_steps: int | None = None
+    """Guidance on the first ``guidance_steps`` denoising steps only (the high-noise ones, which
+    decide where things are; "guidance in a limited interval", Kynkaanniemi et al. 2024); the
+    later steps use the action alone. ``None``: every step."""
     cache_pass: str = "clean"
     """Which pass writes the frame into the KV cache and gives the heads: ``clean`` (a separate pass
     of the finished frame at t = 0, what Self Forcing trains: steps + 1 passes a frame) or
@@ -53,6 +57,9 @@ class SamplerConfig:
             raise ValueError(f"sampler.cache_pass must be one of {CACHE_PASSES}, got {self.cache_pass!r}")
         if not self.timesteps or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in self.timesteps):
             raise ValueError(f"sampler.timesteps must list noise levels in (0, 1], got {self.timesteps!r}")
+        n = self.guidance_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"sampler.guidance_steps must be None (every step) or an int >= 1, got {n!r}")
         for name in ("guidance_scale", "shift"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
@@ -82,6 +89,11 @@ class SamplerConfig:
     def guided(self) -> bool:
         return self.guidance_scale != 1.0
 
+    def step_guidance(self) -> list[float]:
+        """The guidance scale of each denoising step (1.0 where :attr:`guidance_steps` ends it)."""
+        n = len(self.timesteps) if self.guidance_steps is None else self.guidance_steps
+        return [self.guidance_scale if i < n else 1.0 for i in range(len(self.timesteps))]
+
     def schedule(self) -> list[float]:
         s = self.shift
         return [s * t / (1 + (s - 1) * t) for t in self.timesteps]
@@ -106,15 +118,30 @@ def _with_null_rows(
     return x.repeat_interleave(2, dim=0), action.repeat_interleave(2, dim=0), null
 
 
-FramePasses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool], DenoiserOutput]
-"""One denoiser pass of one new frame per row: (x (B, 1, C, h, w), t (B, 1), action, has_action,
-write) -> the output; ``write`` stores the pass's K/V in the cache and moves it on."""
+class FramePasses(Protocol):
+    """One denoiser pass of one new frame per row: (x (B, 1, C, h, w), t (B, 1), action, has_action,
+    write) -> the output; ``write`` stores the pass's K/V in the cache and moves it on.
+    ``action_rows``: the cache is guided (2B rows) and only rows ``0, 2, ..`` (the ones with the
+    action) are read; never with ``write``."""
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool, action_rows: bool = False
+    ) -> DenoiserOutput: ...
 
 
 def cache_passes(model: CausalDenoiser, cache: KVCache, mask: MaskPolicy = "auto") -> FramePasses:
-    """Passes through the model's cache protocol (the layers read and write ``cache``; gradients flow)."""
+    """Passes through the model's cache protocol (the layers read and write ``cache``; gradients
+    flow). ``action_rows`` runs both rows of each pair and returns the action's (no saving)."""
 
-    def run(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool) -> DenoiserOutput:
+    def run(
+        x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool, action_rows: bool = False
+    ) -> DenoiserOutput:
+        if action_rows:
+            xx, aa, hh = _with_null_rows(x, a, h)
+            out = model(xx, t.repeat_interleave(2, dim=0), aa, hh, cache.context(write=False, mask=mask))
+            return DenoiserOutput(
+                reward=out.reward[0::2], term_logit=out.term_logit[0::2], v=out.v[0::2], pooled=out.pooled[0::2]
+            )
         return model(x, t, a, h, cache.context(write=write, mask=mask))
 
     return run
@@ -123,15 +150,22 @@ def cache_passes(model: CausalDenoiser, cache: KVCache, mask: MaskPolicy = "auto
 def kv_passes(forward_kv: ForwardKV, cache: KVCache, mask: MaskPolicy = "auto") -> FramePasses:
     """Passes on explicit tensors: ``forward_kv`` is ``CausalDenoiser.forward_kv`` or its compiled
     form. The cache's rotated keys are read once per frame (:meth:`KVCache.frame_kv`); the write
-    pass stores its K/V with :meth:`KVCache.write_frame`. Inference only."""
-    kv: list[FrameKV] = []
+    pass stores its K/V with :meth:`KVCache.write_frame`. ``action_rows`` reads only the guided
+    cache's rows with the action (half the work; the view is made once per frame). Inference only."""
+    kv: dict[bool, FrameKV] = {}
 
-    def run(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool) -> DenoiserOutput:
-        if not kv:
-            kv.append(cache.frame_kv(mask))
-        f = kv[0]
+    def run(
+        x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, h: torch.Tensor, write: bool, action_rows: bool = False
+    ) -> DenoiserOutput:
+        if False not in kv:
+            kv[False] = cache.frame_kv(mask)
+        if action_rows and True not in kv:
+            kv[True] = kv[False].action_rows()
+        f = kv[action_rows]
         out, k_new, v_new = forward_kv(x, t, a, h, f.q_cos, f.q_sin, f.mask, f.k, f.v)
         if write:
+            if action_rows:
+                raise ValueError("a pass that writes the cache runs every row")
             cache.write_frame(k_new, v_new)
             kv.clear()
         return out
@@ -167,15 +201,16 @@ def denoise(
     has_action: torch.Tensor,
     noise: torch.Tensor,
     schedule: list[float],
-    guidance_scale: float = 1.0,
+    guidance_scale: float | Sequence[float] = 1.0,
     exit_step: int | None = None,
     write_last: bool = False,
 ) -> DenoiseOutput:
     """Generate one frame per row: x0 (B, 1, C, h, w).
 
     action (B, 1, ...); has_action (B, 1); noise (B, S, C, h, w) with S >= len(schedule) (slice
-    0 starts the chain, slice i re-noises before step i). With ``guidance_scale != 1`` the cache
-    holds 2B rows (see the module's docstring).
+    0 starts the chain, slice i re-noises before step i). ``guidance_scale``: one scale, or one
+    per step (:meth:`SamplerConfig.step_guidance`); with any scale != 1 the cache holds 2B rows
+    (see the module's docstring), and a step at scale 1 reads only the rows with the action.
 
     ``exit_step`` (training): stop after that step; only it runs with gradient. ``write_last``:
     the last pass writes the cache and its heads are returned (``SamplerConfig.cache_pass``).
@@ -185,17 +220,26 @@ def denoise(
         raise ValueError(f"the first timestep must be 1.0 (pure noise), got {schedule[0]}")
     x = noise[:, :1]  # (B, 1, C, h, w): at t = 1, x_t is pure noise
     last = len(schedule) - 1 if exit_step is None else exit_step
+    scales = (
+        [float(guidance_scale)] * len(schedule) if isinstance(guidance_scale, (int, float)) else list(guidance_scale)
+    )
+    if len(scales) != len(schedule):
+        raise ValueError(f"{len(scales)} guidance scales for {len(schedule)} denoising steps")
+    guided = any(g != 1.0 for g in scales)
     x0, heads = x, None
     for i in range(last + 1):
         t = schedule[i]
         write = write_last and i == last
         with torch.set_grad_enabled(torch.is_grad_enabled() and (exit_step is None or i == exit_step)):
             t_b = torch.full((x.shape[0], 1), t, device=x.device, dtype=x.dtype)
-            if guidance_scale != 1.0:
+            if guided and scales[i] == 1.0 and not write:  # the action's rows alone
+                out = passes(x, t_b, action, has_action, False, action_rows=True)
+                v = out.v
+            elif guided:
                 xx, aa, hh = _with_null_rows(x, action, has_action)
                 out = passes(xx, t_b.repeat_interleave(2, dim=0), aa, hh, write)
                 vv = out.v.unflatten(0, (B, 2))  # (B, 2, 1, C, h, w): [action, null]
-                v = vv[:, 1] + guidance_scale * (vv[:, 0] - vv[:, 1])
+                v = vv[:, 1] + scales[i] * (vv[:, 0] - vv[:, 1])
                 if write:
                     heads = HeadOutputs(reward=out.reward[0::2], term_logit=out.term_logit[0::2])
             else:

@@ -55,7 +55,7 @@ class Session:
         self.world, self.batch = world, batch
         cfg = world.config
         self.schedule = cfg.sampler.schedule()
-        self.guidance_scale = cfg.sampler.guidance_scale
+        self.step_guidance = cfg.sampler.step_guidance()
         self.guided = cfg.sampler.guided
         rows = len(cache_rows(range(batch), self.guided))
         self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
@@ -226,7 +226,7 @@ class Session:
         decode = compiled.decode if compiled is not None else self.world.codec.decode
         passes = kv_passes(forward_kv, cache, mask)
         last_step = self.world.config.sampler.cache_pass == "last_step"
-        res = denoise(passes, act, has, noise, self.schedule, self.guidance_scale, write_last=last_step)
+        res = denoise(passes, act, has, noise, self.schedule, self.step_guidance, write_last=last_step)
         x0 = res.x0
         out = res.heads if res.heads is not None else commit(passes, x0, act, has, guided=self.guided)
         frames = decode(x0[:, 0])  # (n, H, W, 3) uint8
