@@ -165,6 +165,27 @@ def test_self_forcing_again_from_a_fine_tuned_world_with_it_as_teacher(
     assert "--teacher" in capsys.readouterr().err
 
 
+def test_heads_refit_on_the_worlds_own_dreams(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--stage heads --init WORLD --set heads.source=dreams: only the termination head may move, the
+    world is written to its own run folder, and the provenance says what the heads were fitted on."""
+    import torch
+
+    monkeypatch.chdir(workspace)
+    src = _world(workspace, "acrobot")
+    before = WorldModel.load(src, device="cpu")
+    heads = ["train", "acrobot", "--stage", "heads", "--data", "data/acrobot", "--threads", "1", *SETS]
+    heads += ["--init", str(src), "--runs", "hd", "--run-name", "dreamed", "--set", "heads.source=dreams"]
+    heads += ["--set", "heads.which=termination", "--set", "heads.dream_rollouts=6", "--set", "heads.dream_frames=3"]
+    assert main(heads) == 0
+    after = WorldModel.load(Path("hd/acrobot/dreamed/world.safetensors"), device="cpu")
+    entry = after.provenance["heads"]
+    assert entry["config"]["source"] == "dreams" and entry["config"]["dream_rollouts"] == 6
+    a, b = after.denoiser.state_dict(), before.denoiser.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("term_head")), "only the head may move"
+    assert after.config.sampler == before.config.sampler
+    assert "self-forcing" in after.provenance
+
+
 def test_two_evals_go_to_two_folders(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workspace)
     quick = ["--episodes", "1", "--horizon", "3", "--horizons", "1,3", "--no-control", "--no-divergence"]

@@ -52,6 +52,7 @@ from worldsim.engine.world import WorldModel, default_device
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.compile import resolve as resolve_compile
 from worldsim.train.data import ClipSampler, load_aligned, mirror_episodes, same_game
+from worldsim.train.dreams import heads_episodes
 from worldsim.train.guidance import GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.latents import encode_episodes
@@ -134,7 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fine-tuned for the codec stage's steps (0 keeps it as it is) and its denoiser becomes the teacher's "
         "starting point (--set codec.fresh_denoiser=True: a new one); e.g. retrain a world on new recordings. "
         "guidance stage: the world to distil; finetune stage: the world to fine-tune; self-forcing stage: the "
-        "student to roll out (default the student run's), e.g. Self Forcing again after fine-tune rounds",
+        "student to roll out (default the student run's), e.g. Self Forcing again after fine-tune rounds; "
+        "heads stage: the world whose heads to re-fit (default the self-forcing run's)",
     )
     parser.add_argument(
         "--teacher",
@@ -335,7 +337,7 @@ def _stage_input(st: _Stage) -> WorldModel:
     args = st.args
     prev = {"teacher": "codec", "student": "teacher", "self-forcing": "student", "heads": st.run_dir.name}
     src = st.root / prev.get(args.stage, st.sf_name) / "world.safetensors"
-    if args.stage in ("guidance", "finetune", "self-forcing") and getattr(args, "init", None) is not None:
+    if args.stage in ("guidance", "finetune", "self-forcing", "heads") and getattr(args, "init", None) is not None:
         src = args.init
     if not Path(src).exists():
         raise SystemExit(f"{args.stage} needs {src}: train that stage first (or give --init WORLD.safetensors)")
@@ -360,12 +362,11 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
     args, cfg, d, device = st.args, st.cfg, st.d, st.device
     world = _stage_input(st)
     provenance = dict(world.provenance)
+    if args.stage == "heads":
+        return world, _heads_stage(st, world), provenance
     lat_train = encode_episodes(world.codec, st.train_eps, device)
     sampler = ClipSampler(lat_train, cfg.clip_len, seed=cfg.seed + d.rank, term_boost=getattr(cfg, "term_boost", 0.0))
-    if args.stage == "heads":
-        lat_val = encode_episodes(world.codec, st.val_eps, device)
-        metrics = fit_heads(cfg, world.denoiser, lat_train, lat_val, device, world.config.context_frames)
-    elif args.stage == "finetune":  # the world keeps its sampler (few steps, guidance)
+    if args.stage == "finetune":  # the world keeps its sampler (few steps, guidance)
         metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume, st.compiled)
     elif args.stage == "teacher":
         metrics = train_teacher(cfg, world, sampler, st.run_dir, device, d, args.resume, st.compiled)
@@ -394,6 +395,13 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
                 fit_heads(heads_cfg, world.denoiser, lat_train, lat_val, device, world.config.context_frames)
             )
     return world, metrics, provenance
+
+
+def _heads_stage(st: _Stage, world: WorldModel) -> dict[str, float]:
+    """Re-fit the heads on the recordings, or (``heads.source=dreams``) on the world's own dreams of them."""
+    train_eps, val_eps = heads_episodes(world, st.cfg, st.train_eps, st.val_eps)
+    lat_train, lat_val = (encode_episodes(world.codec, e, st.device) for e in (train_eps, val_eps))
+    return fit_heads(st.cfg, world.denoiser, lat_train, lat_val, st.device, world.config.context_frames)
 
 
 def _save(st: _Stage, world: WorldModel, metrics: dict[str, float], provenance: dict[str, Any], wall: float) -> None:

@@ -27,6 +27,7 @@ from worldsim.train.data import AlignedEpisode
 from worldsim.train.losses import head_loss
 
 log = logging.getLogger(__name__)
+SOURCES = ("recordings", "dreams")
 
 
 @dataclass
@@ -54,6 +55,16 @@ class HeadFitConfig:
     ends within ``clip_len - context_frames`` frames of a reset (CartPole: never before frame 4)."""
     which: str = "both"
     """The heads to fit: ``both``, ``termination`` or ``reward`` (the other keeps its weights)."""
+    source: str = "recordings"
+    """What the heads are fitted on: ``recordings`` (the recorded frames) or ``dreams`` (the world's
+    own rollouts, with its own sampler, from recorded states under the recorded actions, labelled
+    with the recorded rewards and ends: see ``worldsim.train.dreams``). Val is the same kind."""
+    dream_frames: int = 16
+    """Longest dream (frames after the context); dreams that reach an episode's end are shorter."""
+    dream_rollouts: int = 2000
+    """Dreams from the train episodes (val: a tenth as many, at least 64)."""
+    dream_batch: int = 64
+    """Dreams stepped together in one session."""
     seed: int = 0
 
 
@@ -67,26 +78,28 @@ class Features:
         return len(self.reward)
 
 
-def _windows(eps: list[AlignedEpisode], T: int) -> list[tuple[int, int]]:
-    """(episode, start) windows tiling every episode; the last one ends on the episode's last frame."""
+def _windows(eps: list[AlignedEpisode], T: int) -> list[tuple[int, int, int]]:
+    """(episode, start, length) windows of ``T`` frames tiling every episode; the last one ends on the
+    episode's last frame. An episode shorter than ``T`` (a short dream) is one window of its length."""
     out = []
     for i, e in enumerate(eps):
         n = len(e)
         if n < T:
+            out.append((i, 0, n))
             continue
         starts = list(range(0, n - T + 1, T))
         if starts[-1] != n - T:
             starts.append(n - T)
-        out += [(i, s) for s in starts]
+        out += [(i, s, T) for s in starts]
     return out
 
 
-def _shorter(wins: list[tuple[int, int]], T: int, min_history: int) -> list[tuple[int, int, int, bool]]:
+def _shorter(wins: list[tuple[int, int, int]], min_history: int) -> list[tuple[int, int, int, bool]]:
     """(episode, start, length, last frame only): the windows, then each one's last frame again
-    after ``min_history + 1`` .. ``T - 1`` frames of history."""
-    out = [(i, s, T, False) for i, s in wins]
+    after ``min_history + 1`` .. ``length - 1`` frames of history."""
+    out = [(i, s, n, False) for i, s, n in wins]
     if min_history > 0:
-        out += [(i, s + T - L, L, True) for i, s in wins for L in range(min_history + 1, T)]
+        out += [(i, s + n - L, L, True) for i, s, n in wins for L in range(min_history + 1, n)]
     return out
 
 
@@ -108,13 +121,13 @@ def features(
     wins = _windows(eps, T)
     if max_windows is not None and len(wins) > max_windows:
         rng = np.random.default_rng(cfg.seed)
-        ends = [w for w in wins if w[1] == len(eps[w[0]]) - T]
-        rest = [w for w in wins if w[1] != len(eps[w[0]]) - T]
+        ends = [w for w in wins if w[1] + w[2] == len(eps[w[0]])]
+        rest = [w for w in wins if w[1] + w[2] != len(eps[w[0]])]
         pick = rng.choice(len(rest), size=max(0, max_windows - len(ends)), replace=False)
         wins = ends + [rest[j] for j in sorted(pick)]
     model.eval()
     pooled, rew, term = [], [], []
-    jobs = sorted(_shorter(wins, T, min_history), key=lambda w: w[2])  # batched by length
+    jobs = sorted(_shorter(wins, min_history), key=lambda w: w[2])  # batched by length
     for k in range(0, len(jobs), cfg.forward_batch):
         chunk = jobs[k : k + cfg.forward_batch]
         for L in sorted({w[2] for w in chunk}):
@@ -183,6 +196,8 @@ def fit_heads(
     """
     if cfg.which not in ("both", "termination", "reward"):
         raise ValueError(f"heads.which is 'both', 'termination' or 'reward', got {cfg.which!r}")
+    if cfg.source not in SOURCES:
+        raise ValueError(f"heads.source is {' or '.join(map(repr, SOURCES))}, got {cfg.source!r}")
     torch.manual_seed(cfg.seed)
     short = context_frames if cfg.min_history < 0 else cfg.min_history
     tr = features(model, train_eps, cfg, device, cfg.max_windows, short)
