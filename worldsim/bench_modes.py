@@ -8,7 +8,9 @@
   KV cache: no separate clean pass) and ``unguided`` (``guidance_scale = 1``: one row per world
   row instead of two; the speed of the world after ``worldsim train --stage guidance`` distils
   its guidance, which has the same network) and ``guided-first-step`` (``guidance_steps = 1``:
-  the later steps read only the action's rows; scale 2.0, the measured CartPole setting);
+  the later steps read only the action's rows; scale 2.0, the measured CartPole setting, shipped
+  since 2026-12-04) and ``guided-every-step`` (guidance 1.5 on every step, CartPole's sampler
+  until 2026-12-04);
 - **first frame**: a fresh process loads the world, opens a session and produces one frame, on
   an empty compile cache (cold) and again on the one it filled (warm).
 """
@@ -35,6 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "last-step-cache": {"cache_pass": "last_step"},
     "unguided": {"guidance_scale": 1.0},
     "guided-first-step": {"guidance_scale": 2.0, "guidance_steps": 1},
+    "guided-every-step": {"guidance_scale": 1.5, "guidance_steps": None},
 }
 MODES = ("eager", "compiled")
 
