@@ -466,3 +466,37 @@ def test_graphed_step_path_matches_plain(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_cuda_graphs_need_cuda() -> None:
     with pytest.raises(ValueError, match="CUDA"):
         tiny_world().session(1, cuda_graphs=True)
+
+
+def test_dtype_is_decided_at_load_by_argument_or_worldsim_dtype(
+    tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worldsim.engine.world import WorldModel, parse_dtype
+
+    monkeypatch.delenv("WORLDSIM_DTYPE", raising=False)
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("auto") is None and parse_dtype(None) is None
+    with pytest.raises(ValueError, match="float32, bfloat16, float16"):
+        parse_dtype("int8")
+    assert WorldModel.load(tiny_world_path, device="cpu", compile=False).dtype == torch.float32
+    monkeypatch.setenv("WORLDSIM_DTYPE", "bfloat16")
+    w = WorldModel.load(tiny_world_path, device="cpu", compile=False)
+    assert w.dtype == torch.bfloat16
+    out = w.session(batch=2, seed=0)
+    out.reset()
+    step = out.step([0, 1])
+    assert step.frames.shape == (2, 64, 64, 3) and step.frames.dtype == np.uint8 and np.isfinite(step.rewards).all()
+    # an explicit argument beats the environment
+    assert WorldModel.load(tiny_world_path, device="cpu", dtype=torch.float32, compile=False).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "space",
+    [gym.spaces.Box(-2.0, 2.0, (1,), np.float32), gym.spaces.MultiBinary(3), gym.spaces.MultiDiscrete([3, 2])],
+    ids=["box", "multi_binary", "multi_discrete"],
+)
+def test_every_action_space_steps_in_bfloat16(space: gym.spaces.Space) -> None:
+    world = tiny_world(space).to_runtime(torch.device("cpu"), torch.bfloat16, compile=False)
+    sess = world.session(batch=2, seed=0)
+    sess.reset()
+    out = sess.step(np.stack([space.sample(), space.sample()]))
+    assert out.frames.shape == (2, 64, 64, 3) and np.isfinite(out.rewards).all()

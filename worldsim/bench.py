@@ -6,8 +6,8 @@
 Measures, decode included: batch-1 frames/s and p50/p99 latency per frame over ``--frames``
 frames after ``--warmup``; throughput at larger batches; resident memory at frame 1,000 and at
 frame ``--long-frames`` with the KV cache size; FLOPs per frame (counted by
-``torch.utils.flop_counter`` on one step) and the achieved GFLOP/s against a fp32 1024^3 matmul
-measured in the same run; where one step's time goes (torch.profiler, by op family). Optional:
+``torch.utils.flop_counter`` on one step) and the achieved GFLOP/s against a 1024^3 matmul in the
+world's dtype measured in the same run (and a fp32 one beside it); where one step's time goes (torch.profiler, by op family). Optional:
 VectorEnv steps/s (``--vector``) and gRPC overhead (``--grpc``). Prints a table, writes JSON.
 """
 
@@ -302,7 +302,8 @@ def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel
             "dtype": str(world.dtype),
         },
         "params_m": n_params / 1e6,
-        "matmul_gflops": matmul_gflops(device=device.type),
+        "matmul_gflops": matmul_gflops(dtype=world.dtype, device=device.type),
+        "matmul_gflops_fp32": matmul_gflops(device=device.type),
     }
     batches = [int(b) for b in args.batch_sizes.split(",")]
     modes = parse_list(args.modes, MODES, "--modes")
@@ -400,8 +401,9 @@ def print_table(r: dict[str, Any]) -> None:
         )
     print(
         f"FLOPs/frame {r['flops_per_frame'] / 1e6:.0f} M; achieved {r['achieved_gflops_b1']:.1f} GFLOP/s at batch 1, "
-        f"{r['achieved_gflops_best']:.1f} best = {r['pct_of_matmul_best']:.0f}% of a 1024^3 matmul "
-        f"({r['matmul_gflops']:.0f} GFLOP/s)"
+        f"{r['achieved_gflops_best']:.1f} best = {r['pct_of_matmul_best']:.0f}% of a 1024^3 matmul in "
+        f"{str(r['machine']['dtype']).removeprefix('torch.')} ({r['matmul_gflops']:.0f} GFLOP/s; "
+        f"fp32 {r.get('matmul_gflops_fp32', r['matmul_gflops']):.0f})"
     )
     print(_memory_line(r["memory"]))
     if "profile_ms_per_step_b1" in r:

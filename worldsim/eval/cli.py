@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: WORLDSIM_DTYPE, else fp32 on CPU, bf16 on CUDA)"
+    )
+    parser.add_argument(
         "--sampler",
         action="append",
         default=[],
@@ -133,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-def _config(args: argparse.Namespace, device: str) -> Any:
+def _config(args: argparse.Namespace, device: str, dtype: str) -> Any:
     from worldsim.eval.results import EvalConfig
 
     horizons = tuple(sorted({int(h) for h in str(args.horizons).split(",") if h.strip()}))
@@ -149,12 +152,12 @@ def _config(args: argparse.Namespace, device: str) -> Any:
         args.world, args.horizon, horizons, args.batch, args.seed, args.tol, not args.only_control,
         args.control_k, args.probes, args.control_actions, not args.no_control, not args.no_divergence,
         args.perturb, args.control_states, args.control_frames, args.random_episodes, args.random_frames,
-        args.closed_loop_episodes, args.closed_loop_frames, _command(args), device,
+        args.closed_loop_episodes, args.closed_loop_frames, _command(args), device, dtype,
     )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldsim.engine.world import WorldModel, default_device
+    from worldsim.engine.world import WorldModel, default_device, default_dtype, parse_dtype
     from worldsim.eval import markdown, report
     from worldsim.eval.episodes import load_eval_episodes
     from worldsim.eval.evaluate import Game, HeldOut, evaluate
@@ -170,13 +173,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.world!r} is not a bundled world: pass --data with its recording") from None
         wd = None
     device = torch.device(args.device) if args.device else default_device()
-    config = _config(args, str(device))
+    dtype = parse_dtype(args.dtype) or default_dtype(device)
+    config = _config(args, str(device), str(dtype).removeprefix("torch."))
     out = Path(args.out) if args.out is not None else default_out(args.world)
     report.check_out(out, args.force)  # before the work, not after it
     names = _names(args)
     paths = [world_path(c) for c in args.checkpoints]
     compile = False if args.no_compile else None
-    worlds = {n: WorldModel.load(p, device=device, compile=compile) for n, p in zip(names, paths)}
+    worlds = {n: WorldModel.load(p, device=device, dtype=dtype, compile=compile) for n, p in zip(names, paths)}
     for w in worlds.values():
         w.config.sampler = w.config.sampler.with_overrides(args.sampler)
     held = None

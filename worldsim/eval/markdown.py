@@ -402,7 +402,7 @@ def markdown(ev: EvalResult) -> str:
     lines = [f"# worldsim eval: {ev.config.world}", "", f"Command: `{ev.config.command}`", ""]
     lines += [f"Note: {n}" for n in ev.notes] + ([""] if ev.notes else [])
     timings = ", ".join(f"{k} {v} s" for k, v in ev.timings.items())
-    lines += [f"Wall time {ev.seconds} s ({timings}) on {ev.config.device}.", ""]
+    lines += [f"Wall time {ev.seconds} s ({timings}) on {ev.config.device} ({ev.config.dtype}).", ""]
     if ev.scores:
         lines += _rollout_section(ev)
     lines += fidelity_section(ev)

@@ -45,6 +45,7 @@ class EvalConfig:
     closed_loop_frames: int = 250
     command: str = ""
     device: str = "cpu"
+    dtype: str = "float32"
 
 
 @dataclass

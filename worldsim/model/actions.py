@@ -42,8 +42,9 @@ class ActionEncoder(nn.Module):
             a = action.long()
             emb = sum(tab(a[..., i].clamp(0, n - 1)) for i, (tab, n) in enumerate(zip(self.tables, s.nvec)))
         elif s.kind == "multi_binary":
-            emb = self.linear(action.float())
+            emb = self.linear(action.to(self.null.dtype))
         else:
-            unit = 2 * (action.float() - self.low) / (self.high - self.low).clamp_min(1e-6) - 1
-            emb = self.mlp(unit)
+            low, high = self.low.float(), self.high.float()
+            unit = 2 * (action.float() - low) / (high - low).clamp_min(1e-6) - 1  # (B, T, n) in [-1, 1]
+            emb = self.mlp(unit.to(self.null.dtype))
         return torch.where(has_action.unsqueeze(-1), emb, self.null.to(emb.dtype))
