@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from worldsim.bench_modes import MODES, VARIANTS, configured, first_frame, parse_list
-from worldsim.engine.world import WorldConfig, WorldModel
+from worldsim.engine.world import WorldConfig, WorldModel, parse_dtype
 from worldsim.threads import on_torch_thread
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel
     from worldsim.engine.world import default_device
 
     device = torch.device(args.device) if args.device else default_device()
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    dtype = parse_dtype(args.dtype)
     for flag in ("frames", "long_frames"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

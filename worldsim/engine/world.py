@@ -72,11 +72,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
-    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or ``fp32`` / ``bf16`` / ``fp16``) -> dtype;
-    ``None`` / ``""`` / ``"auto"`` -> None (the device's default)."""
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or ``fp32`` / ``bf16`` / ``fp16``, with or without
+    ``torch.``) -> dtype; ``None`` / ``""`` / ``"auto"`` -> None (the device's default). The one parser
+    of dtype names: ``WORLDSIM_DTYPE``, ``--dtype`` and ``gym.make(..., dtype="bfloat16")``."""
     if name is None or name.strip().lower() in ("", "auto"):
         return None
-    key = name.strip().lower()
+    key = name.strip().lower().removeprefix("torch.")
     key = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(key, key)
     if key not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)} (or auto)")

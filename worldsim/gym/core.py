@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from worldsim.engine.world import WorldModel
+from worldsim.engine.world import WorldModel, parse_dtype
 from worldsim.episodes import EpisodeTracker, resolve_max_episode_steps, validate_action, validate_actions
 
 
@@ -35,12 +35,7 @@ def load_world(world: str | Path | WorldModel, device: Any = None, dtype: Any = 
     from worldsim.worlds import world_path
 
     if isinstance(dtype, str):
-        import torch
-
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown torch dtype {dtype!r}")
-        dtype = resolved
+        dtype = parse_dtype(dtype)
     return WorldModel.load(world_path(world), device=device, dtype=dtype)
 
 
