@@ -13,6 +13,7 @@ import torch
 
 from worldsim.checkpoint import CheckpointError
 from worldsim.engine import CacheConfig, KVCache, SamplerConfig, WorldModel, commit_frame, denoise_frame
+from worldsim.engine.cache import RowState
 from worldsim.model.denoiser import CausalDenoiser, DenoiserConfig
 from worldsim.spaces import ActionError, ActionSpec
 from worldsim.testing import tiny_world
@@ -385,6 +386,52 @@ def test_all_action_spaces_step(kind: str) -> None:
     space = spec.to_space()
     out = s.step([space.sample(), space.sample()])
     assert out.frames.shape == (2, 64, 64, 3) and out.rewards.dtype == np.float32
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_start_clips_are_committed_once_and_copied(guidance: float) -> None:
+    """A reset without frames copies the clip's cache rows, committed once per world: the same
+    cache as committing the clip's frames in that session, and the same in any batch."""
+    world = tiny_world(sampler=SamplerConfig(guidance_scale=guidance), n_start=4)
+    s = world.session(3, seed=0)
+    s.reset(seed=[5, 6, 7])
+    assert 1 <= len(world.starts) <= 3
+    before = len(world.starts)
+    s.reset(seed=[5, 6, 7])  # the same clips again: nothing new is committed
+    assert len(world.starts) == before
+
+    # The same three clips, their frames given: committed in the session instead of copied.
+    clips = [int(torch.randint(4, (1,), generator=torch.Generator().manual_seed(x))) for x in (5, 6, 7)]
+    g = world.session(3, seed=0)
+    g.reset(frames=world.start_frames[clips].numpy(), actions=world.start_actions[clips].numpy(), seed=[5, 6, 7])
+    torch.testing.assert_close(g.cache.k, s.cache.k, atol=1e-4, rtol=1e-4)
+    assert torch.equal(g.cache.frame_idx, s.cache.frame_idx) and torch.equal(g.cache.count, s.cache.count)
+    step_copied = s.step([0, 1, 0]).frames
+    assert np.abs(g.step([0, 1, 0]).frames.astype(int) - step_copied.astype(int)).max() <= 1
+
+    # Row 2 of a batch and a batch-1 session with that row's seed start bit-identically.
+    one = world.session(1, seed=7)
+    one.reset()
+    assert np.array_equal(one.step([0]).frames[0], step_copied[2])
+
+
+def test_cache_snapshot_restores_rows_exactly() -> None:
+    """A snapshot of a row, restored into any rows, continues exactly as the row would have."""
+    world = tiny_world()
+    s = world.session(2, seed=0)
+    s.reset()
+    for a in ([0, 1], [1, 1], [1, 0]):
+        s.step(a)
+    snap, rng = s.cache.snapshot([1]), s.generators[1].get_state()
+    expected = s.step([0, 1]).frames[1]
+    s.step([1, 0])
+    s.cache.restore([0, 1], RowState.cat([snap, snap]))
+    for g in s.generators:
+        g.set_state(rng)
+    out = s.step([1, 1]).frames
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], expected)
+    with pytest.raises(ValueError, match="snapshot of 1 rows"):
+        s.cache.restore([0, 1], snap)
 
 
 def test_reset_from_given_frames() -> None:

@@ -234,6 +234,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grpc-clients", default="1,16", metavar="N,N", help="with --grpc: streaming clients per measurement"
     )
     parser.add_argument(
+        "--grpc-client-threads",
+        action="store_true",
+        help="with --grpc: run the clients as threads of the bench process (sharing the server's GIL) "
+        "instead of a process of their own",
+    )
+    parser.add_argument(
         "--modes", default="eager,compiled", help="comma-separated: eager, compiled (torch.compile), side by side"
     )
     parser.add_argument(
@@ -272,7 +278,12 @@ def main(args: argparse.Namespace) -> int:
     if args.grpc:
         from worldsim.serve.bench import bench_grpc
 
-        res["grpc"] = bench_grpc(world, clients=clients, frames=max(200, 4 * max(clients)))
+        res["grpc"] = bench_grpc(
+            world,
+            clients=clients,
+            frames=max(200, 4 * max(clients)),
+            client_process=not getattr(args, "grpc_client_threads", False),
+        )
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
@@ -419,5 +430,7 @@ def print_table(r: dict[str, Any]) -> None:
         for k, v in r["grpc"].items():
             print(
                 f"gRPC {k}: in-process {v['in_process']['frames_per_s']:.0f} f/s (p50 {v['in_process']['p50_ms']:.1f} ms), "
-                f"loopback {v['grpc']['frames_per_s']:.0f} f/s (p50 {v['grpc']['p50_ms']:.1f} ms, p99 {v['grpc']['p99_ms']:.1f})"
+                f"loopback {v['grpc']['frames_per_s']:.0f} f/s (p50 {v['grpc']['p50_ms']:.1f} ms, p99 {v['grpc']['p99_ms']:.1f}), "
+                f"{v['throughput_ratio']:.0%} of in-process, clients in "
+                + ("their own process" if v.get("client_process") else "the server's process")
             )

@@ -6,13 +6,16 @@ Per layer, a preallocated buffer of ``sink + window`` frame slots (``(B, H, S, N
   StreamingLLM / Rolling Forcing / LongLive);
 - slots ``[sink, sink + window)`` are a ring buffer of the ``window`` most recent frames.
 
-Keys are stored *before* the temporal rotary embedding. At attention time each slot is rotated
-by its position *inside the window*: sinks at ``0 .. sink-1``, the ring frames right after them
-in order, the new frame last. Until the cache is full this equals the absolute frame index (so
-a cached rollout matches a block-causal forward over the whole clip); afterwards positions stay
-bounded, and frame 100,000 looks to the model exactly like frame ``sink + window``. Nothing is
-ever recomputed when the ring rolls; the rotated keys are memoised for all denoising passes of
-one frame.
+Keys are stored *rotated*, by the temporal rotary embedding of their frame's index in the
+rollout (the pass that writes a frame rotates its keys with the tables this cache gives it), and
+a new frame's queries are rotated by its own index. Rotary attention depends only on the
+difference of the two, so a cached key is rotated once in its life, not once per frame, and the
+attention each slot gets equals that of a block-causal forward over the whole clip while the
+cache fills; afterwards every query sees its window at offsets ``1 .. window``, exactly as at
+frame ``sink + window``, so frame 100,000 looks to the model like frame ``sink + window``. (The
+tables are computed in float64: a large index loses no accuracy.) Sink slots, once the cache is
+full, are rotated on by how far the rollout has moved past ``sink + window`` (once per frame,
+``sink`` slots only), so they sit right before the window, where training put them.
 
 Rows are independent: each has its own frame count, so single rows can be reset (a new episode
 in a vector env) while the others keep their history.
@@ -85,6 +88,32 @@ class FrameKV:
         )
 
 
+@dataclass
+class RowState:
+    """Some rows' history, detached from any cache (see :meth:`KVCache.snapshot`): the K/V of the
+    leading ``used`` slots (the ones any of the rows filled) and the slot bookkeeping."""
+
+    k: torch.Tensor  # (depth, R, H, used, N, hd)
+    v: torch.Tensor
+    frame_idx: torch.Tensor  # (R, S)
+    count: torch.Tensor  # (R,)
+
+    @staticmethod
+    def cat(states: list[RowState]) -> RowState:
+        """The rows of several states, in order (padded to the longest ``used``)."""
+        used = max(s.k.shape[3] for s in states)
+
+        def pad(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (0, 0, 0, 0, 0, used - x.shape[3]))
+
+        return RowState(
+            torch.cat([pad(s.k) for s in states], dim=1),
+            torch.cat([pad(s.v) for s in states], dim=1),
+            torch.cat([s.frame_idx for s in states]),
+            torch.cat([s.count for s in states]),
+        )
+
+
 class KVCache:
     """Preallocated per-layer K/V ring buffers with a batch dimension. Sized from the configs.
 
@@ -118,13 +147,11 @@ class KVCache:
         self.k, self.v, self.frame_idx, self.count = buffers  # k/v (depth, B, H, S, N, hd)
         if self.k.shape[1] != batch or self.count.shape[0] != batch:
             raise ValueError(f"cache buffers hold {self.count.shape[0]} rows, expected {batch}")
-        # Memoised per frame (cleared whenever the cache changes): rotary tables of the slots,
-        # rotated keys per layer, and the slot each row writes.
-        self._rotated: dict[int, torch.Tensor] = {}
-        self._cos: torch.Tensor | None = None
-        self._sin: torch.Tensor | None = None
+        # Memoised per frame (cleared whenever the cache changes): the keys as every pass of
+        # the frame reads them (all layers, and per layer) and the slot each row writes.
+        self._keys: dict[int, torch.Tensor] = {}
+        self._keys_all: torch.Tensor | None = None
         self._write_slot: torch.Tensor | None = None
-        self._rotated_all: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -172,62 +199,92 @@ class KVCache:
         self.count[rows] = other.count
         self._invalidate()
 
+    def snapshot(self, rows: list[int] | None = None) -> RowState:
+        """A copy of some rows' history (all by default), only as many slots as they filled."""
+        idx = torch.arange(self.batch, device=self.count.device) if rows is None else torch.as_tensor(rows)
+        idx = idx.to(self.count.device)
+        f = self.frame_idx[idx]  # (R, S)
+        filled = (f >= 0).any(0).nonzero()
+        used = int(filled.max()) + 1 if filled.numel() else 0
+        return RowState(
+            self.k[:, idx, :, :used].clone(), self.v[:, idx, :, :used].clone(), f.clone(), self.count[idx].clone()
+        )
+
+    def restore(self, rows: list[int], state: RowState) -> None:
+        """Overwrite ``rows`` with a snapshot's history (the slots it did not fill are cleared)."""
+        if len(rows) != state.count.shape[0]:
+            raise ValueError(f"a snapshot of {state.count.shape[0]} rows restored into {len(rows)} rows")
+        idx = torch.as_tensor(rows, device=self.count.device)
+        used = state.k.shape[3]
+        for buf, src in ((self.k, state.k), (self.v, state.v)):
+            buf[:, idx, :, :used] = src.to(buf.dtype)
+            buf[:, idx, :, used:] = 0
+        self.frame_idx[idx] = state.frame_idx
+        self.count[idx] = state.count
+        self._invalidate()
+
     def _invalidate(self) -> None:
-        self._rotated.clear()
-        self._cos = self._sin = self._write_slot = self._rotated_all = None
+        self._keys.clear()
+        self._keys_all = self._write_slot = None
 
     # ------------------------------------------------------------------ per-pass context
     def context(self, write: bool = False, mask: MaskPolicy = "auto") -> AttnContext:
-        """Positions and mask for ONE new frame per row attending to this cache.
+        """Rotary tables and mask for ONE new frame per row attending to this cache.
 
         ``write``: the pass stores its K/V (the clean pass); ``mask``: see :data:`MaskPolicy`.
         """
-        cfg, N = self.cfg, self.model_cfg.tokens
-        S = cfg.capacity
-        c = self.count  # (B,) index of the new frame
-        q_pos = c.clamp(max=S)  # (B,) bounded position of the new frame
-        f = self.frame_idx  # (B, S)
-        valid = f >= 0
-        if self._cos is None:
-            slot = torch.arange(S, device=c.device)
-            rel = q_pos[:, None] - (c[:, None] - f)  # ring slots: relative offset preserved
-            pos = torch.where(slot[None, :] < cfg.sink, f, rel).clamp(min=0)  # (B, S)
-            cos, sin = rope_tables(pos, self.model_cfg.head_dim, self.model_cfg.rope_base)  # (B, S, hd)
-            self._cos = cos.repeat_interleave(N, dim=1)[:, None]  # (B, 1, S*N, hd)
-            self._sin = sin.repeat_interleave(N, dim=1)[:, None]
-        q_cos, q_sin = rope_tables(q_pos, self.model_cfg.head_dim, self.model_cfg.rope_base)  # (B, hd)
+        N = self.model_cfg.tokens
+        c = self.count  # (B,) index of the new frame in its rollout: its rotary position
+        q_cos, q_sin = rope_tables(c, self.model_cfg.head_dim, self.model_cfg.rope_base)  # (B, hd)
         q_cos = q_cos[:, None, None, :].expand(-1, 1, N, -1)
         q_sin = q_sin[:, None, None, :].expand(-1, 1, N, -1)
         attn_mask = None
+        valid = self.frame_idx >= 0  # (B, S)
         if mask == "always" or (mask == "auto" and not bool(valid.all())):
             keys = torch.cat([valid.repeat_interleave(N, dim=1), valid.new_ones(self.batch, N)], dim=1)
             attn_mask = keys[:, None, None, :]  # (B, 1, 1, S*N + N)
         if write:
-            self._write_slot = torch.where(c < cfg.sink, c, cfg.sink + (c - cfg.sink) % cfg.window)
+            self._write_slot = self._slot()
         return AttnContext(q_cos=q_cos, q_sin=q_sin, mask=attn_mask, cache=self, write=write)
+
+    def _slot(self) -> torch.Tensor:
+        """(B,) the slot each row's next frame goes to."""
+        c, cfg = self.count, self.cfg
+        return torch.where(c < cfg.sink, c, cfg.sink + (c - cfg.sink) % cfg.window)
+
+    def _positioned(self, k: torch.Tensor) -> torch.Tensor:
+        """Stored keys (..., B, H, S, N, hd) as the new frame reads them: ring slots as stored;
+        sink slots rotated on by how far the rollout is past a full cache (0 until then)."""
+        sink = self.cfg.sink
+        if sink == 0:
+            return k
+        past = self.count - self.count.clamp(max=self.cfg.capacity)  # (B,)
+        cos, sin = rope_tables(past, self.model_cfg.head_dim, self.model_cfg.rope_base)  # (B, hd)
+        sinks = apply_rope(k[..., :sink, :, :], cos[:, None, None, None], sin[:, None, None, None])
+        return torch.cat([sinks, k[..., sink:, :, :]], dim=-3)
 
     def frame_kv(self, mask: MaskPolicy = "auto") -> FrameKV:
         """Everything a pass of the next frame reads, as tensors (no cache object inside).
 
-        The keys of every layer are rotated once here (memoised until the cache changes), so the
-        frame's denoising passes and its clean pass (``CausalDenoiser.forward_kv``) share them.
+        Memoised until the cache changes, so the frame's denoising passes and its clean pass
+        (``CausalDenoiser.forward_kv``) share one set. With the full batch and no sinks the keys
+        and values are the cache's own buffers (no copy).
         """
         ctx = self.context(write=False, mask=mask)
         B, H, hd, D = self.batch, self.model_cfg.heads, self.model_cfg.head_dim, self.model_cfg.depth
-        v = self.v.view(D, B, H, -1, hd)
-        if self._rotated_all is None:
-            assert self._cos is not None and self._sin is not None
-            self._rotated_all = apply_rope(self.k.view(D, B, H, -1, hd), self._cos, self._sin)
-        # Contiguous once per frame (a row subset's values are a strided view; the rotary tables are
-        # expanded): the compiled pass takes dense inputs, and would otherwise copy them every pass.
+        if self._keys_all is None:
+            self._keys_all = self._positioned(self.k).reshape(D, B, H, -1, hd).contiguous()
+        # Dense inputs (a row subset's buffers are strided views; the rotary tables are expanded):
+        # the compiled pass takes dense inputs, and would otherwise copy them every pass.
+        v = self.v.reshape(D, B, H, -1, hd).contiguous()
         q_cos, q_sin = ctx.q_cos.contiguous(), ctx.q_sin.contiguous()
-        return FrameKV(q_cos, q_sin, ctx.mask, self._rotated_all, v.contiguous())
+        return FrameKV(q_cos, q_sin, ctx.mask, self._keys_all, v)
 
     def write_frame(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one new frame's un-rotated K/V of every layer (depth, B, H, N, hd) and advance."""
-        c, cfg = self.count, self.cfg
-        slot = torch.where(c < cfg.sink, c, cfg.sink + (c - cfg.sink) % cfg.window)  # (B,)
-        rows = torch.arange(self.batch, device=c.device)
+        """Store one new frame's K/V of every layer (depth, B, H, N, hd), keys rotated by the
+        pass's tables (``forward_kv`` returns them so), and advance."""
+        slot = self._slot()  # (B,)
+        rows = torch.arange(self.batch, device=slot.device)
         # (B, S, depth, H, N, hd) views of the buffers: rows and slots side by side in front.
         self.k.permute(1, 3, 0, 2, 4, 5)[rows, slot] = k.transpose(0, 1).to(self.k.dtype)
         self.v.permute(1, 3, 0, 2, 4, 5)[rows, slot] = v.transpose(0, 1).to(self.v.dtype)
@@ -236,17 +293,16 @@ class KVCache:
 
     # ------------------------------------------------------------------ used by the layers
     def attention_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated keys and values of one layer: (B, H, S*N, hd) each."""
-        B, H = self.batch, self.model_cfg.heads
-        v = self.v[layer].view(B, H, -1, self.model_cfg.head_dim)
-        if layer not in self._rotated:
-            assert self._cos is not None and self._sin is not None, "call context() first"
-            k = self.k[layer].view(B, H, -1, self.model_cfg.head_dim)
-            self._rotated[layer] = apply_rope(k, self._cos, self._sin)
-        return self._rotated[layer], v
+        """Keys (rotated) and values of one layer as the new frame reads them: (B, H, S*N, hd) each."""
+        B, H, hd = self.batch, self.model_cfg.heads, self.model_cfg.head_dim
+        v = self.v[layer].reshape(B, H, -1, hd)
+        if layer not in self._keys:
+            self._keys[layer] = self._positioned(self.k[layer]).reshape(B, H, -1, hd)
+        return self._keys[layer], v
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write one new frame's un-rotated K/V (B, H, N, hd) of one layer into each row's slot."""
+        """Write one new frame's K/V (B, H, N, hd) of one layer into each row's slot; the keys are
+        rotated by the tables of :meth:`context` (the model's layers hand them over so)."""
         assert self._write_slot is not None, "context(write=True) must come first"
         rows = torch.arange(self.batch, device=k.device)
         self.k[layer][rows, :, self._write_slot] = k.to(self.k.dtype)

@@ -303,11 +303,14 @@ def commit_context(
     action: torch.Tensor,
     has_action: torch.Tensor | None = None,
     guided: bool = False,
+    forward_kv: ForwardKV | None = None,
 ) -> None:
     """Empty ``cache`` and commit clean context frames x (B, K, C, h, w) one by one.
 
     action (B, K, ...); has_action (B, K), by default every frame but the first (an episode's
     first frame has no action that produced it). Used by ``Session.reset`` and Self Forcing.
+    ``forward_kv`` (inference only): run the passes on explicit tensors with this function (the
+    compiled one, see :func:`kv_passes`) instead of the model's cache protocol.
     """
     cache.reset()
     for k in range(x.shape[1]):
@@ -315,4 +318,5 @@ def commit_context(
             has = torch.full((x.shape[0], 1), k > 0, device=x.device)
         else:
             has = has_action[:, k : k + 1]
-        commit_frame(model, cache, x[:, k : k + 1], action[:, k : k + 1], has, guided=guided)
+        passes = cache_passes(model, cache) if forward_kv is None else kv_passes(forward_kv, cache)
+        commit(passes, x[:, k : k + 1], action[:, k : k + 1], has, guided=guided)

@@ -114,7 +114,6 @@ class Session:
         rows = self._rows(rows)
         if seed is not None:
             self._seed_rows(rows, seed)
-        spec = self.world.action_spec
         if frames is None:
             n_start = self.world.start_frames.shape[0]
             if n_start == 0:
@@ -122,50 +121,56 @@ class Session:
             pick = [
                 int(torch.randint(n_start, (1,), generator=self.generators[r], device=self.world.device)) for r in rows
             ]
-            ctx = self.world.start_frames[pick].to(self.world.device)  # (R, K, H, W, 3)
-            acts = self.world.start_actions[pick].to(self.world.device)
+            # Committed once per clip and world (engine/starts.py): a copy, not K passes.
+            self.cache.restore(cache_rows(rows, self.guided), self.world.starts.state(pick, self.guided))
+            last, k = self.world.start_frames[pick][:, -1], self.world.start_frames.shape[1]
         else:
-            ctx = torch.as_tensor(np.asarray(frames), device=self.world.device)
-            if ctx.ndim == 4:
-                ctx = ctx.unsqueeze(0).expand(len(rows), *ctx.shape)
-            s = self.world.config.codec.image_size
-            if ctx.ndim != 5 or tuple(ctx.shape[-3:]) != (s, s, 3) or ctx.shape[0] != len(rows):
-                raise ValueError(
-                    f"context frames must be (K, {s}, {s}, 3) or ({len(rows)}, K, {s}, {s}, 3), got {tuple(ctx.shape)}"
-                )
-            if ctx.dtype != torch.uint8:
-                raise ValueError(f"context frames must be uint8, got {ctx.dtype}")
-            if actions is None:
-                acts = torch.as_tensor(spec.null(len(rows) * ctx.shape[1])).reshape(
-                    len(rows), ctx.shape[1], *spec.per_action_shape
-                )
-            else:
-                a = np.asarray(actions)
-                if a.ndim == len(spec.per_action_shape) + 1:
-                    a = np.broadcast_to(a, (len(rows), *a.shape))
-                flat = spec.validate(a.reshape(-1, *spec.per_action_shape) if spec.per_action_shape else a.reshape(-1))
-                acts = torch.as_tensor(flat).reshape(len(rows), -1, *spec.per_action_shape)
-            acts = acts.to(self.world.device)
-        self._write_context(rows, ctx, acts)
-        self._history[rows] = ctx.shape[1]
-        self.frames[rows] = ctx[:, -1].cpu().numpy()
+            ctx, acts = self._given_context(len(rows), frames, actions)
+            self._write_context(rows, ctx, acts)
+            last, k = ctx[:, -1], ctx.shape[1]
+        self._history[rows] = k
+        self.frames[rows] = last.cpu().numpy()
         self.frame_index[rows] = 0
         self._started[rows] = True
         return self.frames.copy()
+
+    def _given_context(self, n: int, frames: Any, actions: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated context frames (n, K, H, W, 3) uint8 and their actions (n, K, ...) for n rows."""
+        spec = self.world.action_spec
+        ctx = torch.as_tensor(np.asarray(frames), device=self.world.device)
+        if ctx.ndim == 4:
+            ctx = ctx.unsqueeze(0).expand(n, *ctx.shape)
+        s = self.world.config.codec.image_size
+        if ctx.ndim != 5 or tuple(ctx.shape[-3:]) != (s, s, 3) or ctx.shape[0] != n:
+            raise ValueError(
+                f"context frames must be (K, {s}, {s}, 3) or ({n}, K, {s}, {s}, 3), got {tuple(ctx.shape)}"
+            )
+        if ctx.dtype != torch.uint8:
+            raise ValueError(f"context frames must be uint8, got {ctx.dtype}")
+        if actions is None:
+            acts = torch.as_tensor(spec.null(n * ctx.shape[1])).reshape(n, ctx.shape[1], *spec.per_action_shape)
+        else:
+            a = np.asarray(actions)
+            if a.ndim == len(spec.per_action_shape) + 1:
+                a = np.broadcast_to(a, (n, *a.shape))
+            flat = spec.validate(a.reshape(-1, *spec.per_action_shape) if spec.per_action_shape else a.reshape(-1))
+            acts = torch.as_tensor(flat).reshape(n, -1, *spec.per_action_shape)
+        return ctx, acts.to(self.world.device)
 
     @torch.inference_mode()
     def _write_context(self, rows: list[int], ctx: torch.Tensor, acts: torch.Tensor) -> None:
         """Reset rows' histories and commit their context frames; other rows keep theirs."""
         lat = self.world.codec.encode(ctx)  # (R, K, C, h, w)
         model = self.world.denoiser
+        fkv = self.world.compiled.forward_kv if self.world.compiled is not None else None
         if rows == list(range(self.batch)):
-            commit_context(model, self.cache, lat, acts, guided=self.guided)
+            commit_context(model, self.cache, lat, acts, guided=self.guided, forward_kv=fkv)
             return
         # Some rows only: fill a small cache for them, then copy it into theirs.
         idx = cache_rows(rows, self.guided)
         cfg = self.world.config
         sub = KVCache(cfg.denoiser, cfg.cache, len(idx), self.world.device, self.world.dtype)
-        commit_context(model, sub, lat, acts, guided=self.guided)
+        commit_context(model, sub, lat, acts, guided=self.guided, forward_kv=fkv)
         self.cache.copy_rows_from(sub, torch.as_tensor(idx, device=self.world.device))
 
     # ------------------------------------------------------------------ step

@@ -26,6 +26,7 @@ from worldsim.engine.compiled import Compiled
 from worldsim.engine.compiled import resolve as resolve_compile
 from worldsim.engine.sampler import RENAMED_FIELDS, SamplerConfig
 from worldsim.engine.session import Session, StepResult
+from worldsim.engine.starts import StartClips
 from worldsim.model.codec import CodecConfig, FrameCodec
 from worldsim.model.denoiser import CausalDenoiser, DenoiserConfig
 from worldsim.spaces import ActionError, ActionSpec
@@ -113,6 +114,7 @@ class WorldModel(torch.nn.Module):
         self.start_actions = torch.zeros((0, K, *spec.per_action_shape), dtype=_action_dtype(spec))
         self.provenance: dict[str, Any] = {}
         self.compiled: Compiled | None = None  # set by to_runtime
+        self.starts = StartClips(self)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -189,6 +191,7 @@ class WorldModel(torch.nn.Module):
         self.eval()
         self.requires_grad_(False)
         self.compiled = Compiled(self.denoiser, self.codec) if resolve_compile(compile, device) else None
+        self.starts = StartClips(self)  # start clips committed on first use (engine/starts.py)
         return self
 
     def session(
@@ -217,4 +220,13 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["WorldConfig", "WorldModel", "Session", "StepResult", "ActionError", "default_device", "default_dtype", "parse_dtype"]
+__all__ = [
+    "WorldConfig",
+    "WorldModel",
+    "Session",
+    "StepResult",
+    "ActionError",
+    "default_device",
+    "default_dtype",
+    "parse_dtype",
+]

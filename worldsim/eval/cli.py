@@ -74,7 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument(
-        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: WORLDSIM_DTYPE, else fp32 on CPU, bf16 on CUDA)"
+        "--dtype",
+        default=None,
+        help="float32 | bfloat16 | float16 (default: WORLDSIM_DTYPE, else fp32 on CPU, bf16 on CUDA)",
     )
     parser.add_argument(
         "--sampler",

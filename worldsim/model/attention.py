@@ -62,12 +62,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 # ----------------------------------------------------------------------------- rotary helpers
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions (...,) float -> cos, sin (..., head_dim) for rotate-half RoPE."""
+    """positions (...,) -> float32 cos, sin (..., head_dim) for rotate-half RoPE.
+
+    The angles are computed in float64, so a position of a million frames gets the same accuracy
+    as position 5 (the KV cache rotates by absolute frame index; only differences matter).
+    """
     half = head_dim // 2
-    freqs = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    ang = positions.float().unsqueeze(-1) * freqs  # (..., half)
+    freqs = base ** (-torch.arange(half, device=positions.device, dtype=torch.float64) / half)
+    ang = positions.to(torch.float64).unsqueeze(-1) * freqs  # (..., half)
     ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos(), ang.sin()
+    return ang.cos().float(), ang.sin().float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -89,7 +93,7 @@ class KVStore(Protocol):
         ...
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep one layer's new un-rotated keys and values (B, H, T*N, hd) (a write pass)."""
+        """Keep one layer's new keys, rotated by the pass's tables, and values (B, H, T*N, hd) (a write pass)."""
         ...
 
     def advance(self, frames: int = 1) -> None:

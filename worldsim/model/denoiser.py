@@ -137,7 +137,7 @@ class Block(nn.Module):
         cv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block on explicit tensors: x (B, T, N, D), c (B, T, D), cached keys (rotated) and
-        values ck/cv (B, H, L, hd) or None -> (x, the new tokens' un-rotated k and v (B, H, T*N, hd))."""
+        values ck/cv (B, H, L, hd) or None -> (x, the new tokens' k (rotated) and v (B, H, T*N, hd))."""
         B, T, N, D = x.shape
         mod = self.ada(F.silu(c)).unsqueeze(2)  # (B, T, 1, 6D)
         sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)
@@ -156,7 +156,7 @@ class Block(nn.Module):
         a = a.transpose(1, 2).reshape(B, T, N, D)
         x = x + g1 * self.proj(a)
         x = x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
-        return x, k, v
+        return x, k_r, v
 
 
 class CausalDenoiser(nn.Module):
@@ -244,7 +244,7 @@ class CausalDenoiser(nn.Module):
 
         x, t, action, has_action as in :meth:`forward`; q_cos/q_sin (B|1, 1, T*N, hd); mask bool
         (B|1, 1, T*N, L + T*N) or None; cache_k (rotated) / cache_v (depth, B, H, L, hd).
-        Returns the output and the new tokens' un-rotated keys and values (depth, B, H, T*N, hd),
+        Returns the output and the new tokens' keys (rotated by q_cos/q_sin) and values (depth, B, H, T*N, hd),
         for the caller to store: the same numbers as :meth:`forward` with a cache context.
         """
         h, c = self._embed(x, t, action, has_action)

@@ -2,22 +2,35 @@
 
 For each number of clients N: the engine stepping a batch of N directly (the ceiling), then N
 clients, each a thread with its own :class:`~worldsim.client.RemoteWorld` streaming to a server
-on 127.0.0.1 (port 0) in this process, which micro-batches them. Clients and server share this
-process (and its GIL), so the gRPC numbers are a pessimistic bound for remote clients.
+on 127.0.0.1 (port 0) in this process, which micro-batches them. The clients run in a process of
+their own by default, as a remote client would; ``client_process=False`` runs them as threads of
+this process, sharing its GIL with the server (a pessimistic bound: every Python line of a client
+then delays the server's step).
+
+Both sides run the same loop: random actions, and a new episode wherever one ended (a client
+calls Reset; in process, one batched reset of the ended rows). Resets are not free (a reset
+encodes and commits the context frames: about one and a half steps), and random play ends
+CartPole episodes every ~10 frames, so a baseline without them would charge the server for work
+the engine skipped.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worldsim.engine.world import WorldModel
 from worldsim.threads import on_torch_thread
+
+if TYPE_CHECKING:
+    from worldsim.engine.world import WorldModel
 
 
 def _pct(x: list[float]) -> dict[str, float]:
@@ -25,19 +38,27 @@ def _pct(x: list[float]) -> dict[str, float]:
 
 
 def _in_process(model: WorldModel, n: int, steps: int, warmup: int) -> dict[str, float]:
+    """The same loop as the clients': random actions, a new episode in a row whose episode ended
+    (one batched reset of those rows, as a vector env does); latency is the step's."""
     sess = model.session(batch=n, seed=0)
     sess.reset()
     space = model.action_spec.to_space()
     space.seed(0)
-    for _ in range(warmup):
-        sess.step([space.sample() for _ in range(n)])
-    lat = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> float:
         acts = [space.sample() for _ in range(n)]
         t = time.perf_counter()
-        sess.step(acts)
-        lat.append((time.perf_counter() - t) * 1e3)
+        res = sess.step(acts)
+        dt = (time.perf_counter() - t) * 1e3
+        ended = np.flatnonzero(res.terminated).tolist()
+        if ended:
+            sess.reset(rows=ended)
+        return dt
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    lat = [step() for _ in range(steps)]
     return {"frames_per_s": steps * n / (time.perf_counter() - t0), **_pct(lat)}
 
 
@@ -99,6 +120,16 @@ def _over_grpc(address: str, world: str, n: int, steps: int, warmup: int, encodi
     }
 
 
+def _in_client_process(address: str, world: str, n: int, steps: int, warmup: int, encoding: str) -> dict[str, float]:
+    """:func:`_over_grpc` in a fresh Python process (``python -m worldsim.serve.bench``), which
+    imports the client only (no torch); its result comes back as JSON on stdout."""
+    cmd = [sys.executable, "-m", "worldsim.serve.bench", address, world, str(n), str(steps), str(warmup), encoding]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the gRPC bench's client process failed:\n{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def bench_grpc(
     world: WorldModel | str | Path,
     clients: tuple[int, ...] = (1, 16),
@@ -107,6 +138,7 @@ def bench_grpc(
     warmup: int = 5,
     encoding: str = "raw",
     window_ms: float = 3.0,
+    client_process: bool = True,
 ) -> dict[str, Any]:
     """frames/s and p50/p99 latency: engine in-process vs N loopback gRPC clients, for N in ``clients``.
 
@@ -114,30 +146,29 @@ def bench_grpc(
     how many frames each measurement produces in total. Returns ``{"clients_N": {"in_process":
     {...}, "grpc": {...}, "overhead_p50_ms": ...}}``.
     """
+    from worldsim.engine.world import WorldModel
     from worldsim.serve.server import BackgroundServer, ServeConfig
 
-    model = world if isinstance(world, WorldModel) else WorldModel.load(world, device=device)
+    # Loaded on the torch thread: torch ops on a second thread would halve the speed (threads.py).
+    model = world if isinstance(world, WorldModel) else on_torch_thread(WorldModel.load, world, device=device)
     out: dict[str, Any] = {}
     cfg = ServeConfig(port=0, max_sessions=max(clients), window_ms=window_ms, idle_timeout=0)
     with BackgroundServer({"bench": model}, cfg) as srv:
         for n in clients:
             steps = max(5, frames // n)
             local = on_torch_thread(_in_process, model, n, steps, warmup)  # the server's engine thread
-            remote = _over_grpc(srv.address, "bench", n, steps, warmup, encoding)
+            run = _in_client_process if client_process else _over_grpc
+            remote = run(srv.address, "bench", n, steps, warmup, encoding)
             out[f"clients_{n}"] = {
                 "in_process": local,
                 "grpc": remote,
                 "overhead_p50_ms": remote["p50_ms"] - local["p50_ms"],
                 "throughput_ratio": remote["frames_per_s"] / local["frames_per_s"],
+                "client_process": client_process,
             }
     return out
 
 
-if __name__ == "__main__":
-    import json
-    import sys
-
-    from worldsim.testing import tiny_world
-
-    target: Any = sys.argv[1] if len(sys.argv) > 1 else tiny_world()
-    print(json.dumps(bench_grpc(target), indent=2))
+if __name__ == "__main__":  # the client process of _in_client_process
+    address, name, n, steps, warmup, encoding = sys.argv[1:7]
+    print(json.dumps(_over_grpc(address, name, int(n), int(steps), int(warmup), encoding)))
