@@ -373,10 +373,14 @@ def test_cli_serve_and_sigterm(tiny_world_path: Path) -> None:
 def test_bench_grpc_smoke() -> None:
     from worldsim.serve.bench import bench_grpc
 
-    res = bench_grpc(tiny_world(), clients=(1, 4), frames=12, warmup=1)
+    world = tiny_world()
+    res = bench_grpc(world, clients=(1, 4), frames=12, warmup=1, rounds=2)  # clients in a process of their own
     for n in (1, 4):
         r = res[f"clients_{n}"]
         assert r["grpc"]["frames_per_s"] > 0 and r["in_process"]["p50_ms"] > 0 and r["grpc"]["mean_batch"] >= 1
+        assert len(r["round_ratios"]) == 2 and r["client_process"]
+    threads = bench_grpc(world, clients=(2,), frames=8, warmup=1, rounds=1, client_process=False)["clients_2"]
+    assert threads["grpc"]["frames_per_s"] > 0 and not threads["client_process"]
 
 
 def test_stubs_match_proto() -> None:
