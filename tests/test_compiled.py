@@ -113,9 +113,9 @@ def test_cache_pass_sets_the_passes_per_frame(cache_pass: str, passes: int) -> N
     calls = []
     forward_kv = world.denoiser.forward_kv
 
-    def counted(*args):  # type: ignore[no-untyped-def]
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(args[0].shape[0])
-        return forward_kv(*args)
+        return forward_kv(*args, **kwargs)
 
     world.denoiser.forward_kv = counted  # type: ignore[method-assign]
     sess = world.session(batch=2, seed=0)

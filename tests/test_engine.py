@@ -547,3 +547,42 @@ def test_every_action_space_steps_in_bfloat16(space: gym.spaces.Space) -> None:
     sess.reset()
     out = sess.step(np.stack([space.sample(), space.sample()]))
     assert out.frames.shape == (2, 64, 64, 3) and np.isfinite(out.rewards).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_math_attention_matches_sdpa(dtype: torch.dtype, tol: float) -> None:
+    from worldsim.model.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 8, 16, generator=g).to(dtype) for _ in range(3))
+    mask = torch.ones(3, 1, 1, 8, dtype=torch.bool)
+    mask[1, ..., :5] = False  # a row whose first slots are empty, as in a filling cache
+    for m in (None, mask):
+        torch.testing.assert_close(attend(q, k, v, m, math=True), attend(q, k, v, m), atol=tol, rtol=tol)
+
+
+def test_wide_bf16_passes_use_math_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine picks matmul attention for bf16 CPU passes of >= WIDE_ROWS rows only."""
+    from worldsim.engine.compiled import WIDE_ROWS
+    from worldsim.model import attention
+
+    calls: list[int] = []
+    real = attention.math_attention
+
+    def counting(q: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(q.shape[0])
+        return real(q, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention, "math_attention", counting)
+    world = tiny_world().to_runtime(torch.device("cpu"), torch.bfloat16, compile=False)
+    for batch in (1, WIDE_ROWS):
+        s = world.session(batch, seed=0)
+        s.reset()
+        s.step([0] * batch)
+    assert calls and set(calls) == {WIDE_ROWS}
+    calls.clear()
+    fp32 = tiny_world().to_runtime(torch.device("cpu"), torch.float32, compile=False)
+    s = fp32.session(WIDE_ROWS, seed=0)
+    s.reset()
+    s.step([0] * WIDE_ROWS)
+    assert calls == []

@@ -6,7 +6,9 @@ the cached keys) happens outside the compiled code, in :meth:`KVCache.frame_kv`,
 pure function of tensors (``CausalDenoiser.forward_kv``): one compiled kernel library serves every
 denoising step and the clean pass, in every fill state (the mask is always passed, so an empty
 slot and a full cache are the same code) and at every batch size (the batch dimension is
-symbolic). The decoder is a second one.
+symbolic). The decoder is a second one. A world in bf16/fp16 on CPU gets a third, built the first
+time a pass of >= 8 rows runs: the same pass with attention as matmuls + softmax, faster than
+SDPA's kernel there and slower at a few rows (:func:`wide_attention`).
 
 - **Chosen at the entry point**: :func:`resolve` reads ``compile=`` (``WorldModel.load``,
   ``--no-compile`` on the CLI) over ``WORLDSIM_COMPILE`` (``0`` turns it off); default on for
@@ -76,12 +78,36 @@ def cache_dir() -> Path:
     return cache_root() / "compiled"
 
 
-class _Pass(torch.nn.Module):
-    """``forward_kv`` as a module returning a flat tuple (what export takes)."""
+WIDE_ROWS = 8
+"""A pass of at least this many rows in bf16/fp16 on CPU uses matmul attention (:func:`wide_attention`)."""
 
-    def __init__(self, den: CausalDenoiser) -> None:
+
+def wide_attention(x: torch.Tensor) -> bool:
+    """Whether a pass on ``x`` (rows, ...) runs attention as matmuls + softmax instead of SDPA.
+
+    Measured on the 2-core AVX512-BF16 CPU (shipped CartPole, bf16, compiled, side by side):
+    batch 16 1.26-1.39x faster, batch 4 1.06x, batch 1 0.85x; in fp32 SDPA is faster at every
+    batch (docs/performance.md, 2026-12-04 evening). So: bf16/fp16 CPU passes of >= 8 rows."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] >= WIDE_ROWS
+
+
+def eager_forward_kv(den: CausalDenoiser) -> Any:
+    """``den.forward_kv`` with the attention of :func:`wide_attention`: the eager twin of
+    :meth:`Compiled.forward_kv`."""
+
+    def run(*args: Any) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
+        return den.forward_kv(*args, math_attention=wide_attention(args[0]))  # type: ignore[misc]
+
+    return run
+
+
+class _Pass(torch.nn.Module):
+    """``forward_kv`` as a module returning a flat tuple (what export takes), with one attention."""
+
+    def __init__(self, den: CausalDenoiser, math_attention: bool = False) -> None:
         super().__init__()
         self.den = den
+        self.math_attention = math_attention
 
     def forward(
         self,
@@ -95,7 +121,9 @@ class _Pass(torch.nn.Module):
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        out, k, v = self.den.forward_kv(x, t, action, has_action, q_cos, q_sin, mask, cache_k, cache_v)
+        out, k, v = self.den.forward_kv(
+            x, t, action, has_action, q_cos, q_sin, mask, cache_k, cache_v, math_attention=self.math_attention
+        )
         return out.v, out.reward, out.term_logit, out.pooled, k, v
 
 
@@ -109,8 +137,9 @@ class _Decode(torch.nn.Module):
 
 
 def _key(name: str, module: torch.nn.Module, config: str) -> str:
-    """Weights + config + the model's source + torch version: a cached package matches all of them."""
-    h = hashlib.sha256(f"{name}|{torch.__version__}|{config}".encode())
+    """Weights + config + the model's source + torch version + the forced attention backend (if any):
+    a cached package matches all of them."""
+    h = hashlib.sha256(f"{name}|{torch.__version__}|{config}|{attention.forced_backend()}".encode())
     for src in (actions, attention, codec, denoiser):
         h.update(inspect.getsource(src).encode())
     for k, t in module.state_dict().items():
@@ -163,16 +192,26 @@ class Compiled:
 
     def __init__(self, den: CausalDenoiser, frame_codec: FrameCodec) -> None:
         self._den = den
-        self._modules: dict[str, torch.nn.Module] = {"forward_kv": _Pass(den), "decode": _Decode(frame_codec)}
-        self._configs = {"forward_kv": json.dumps(vars(den.cfg)), "decode": json.dumps(vars(frame_codec.cfg))}
-        self._dims = {"forward_kv": FORWARD_KV_BATCH_DIMS, "decode": (0,)}
+        self._modules: dict[str, torch.nn.Module] = {
+            "forward_kv": _Pass(den),
+            "forward_kv_wide": _Pass(den, math_attention=True),
+            "decode": _Decode(frame_codec),
+        }
+        den_cfg = json.dumps(vars(den.cfg))
+        self._configs = {"forward_kv": den_cfg, "forward_kv_wide": den_cfg, "decode": json.dumps(vars(frame_codec.cfg))}
+        self._dims = {"forward_kv": FORWARD_KV_BATCH_DIMS, "forward_kv_wide": FORWARD_KV_BATCH_DIMS, "decode": (0,)}
         self._loaded: dict[str, Any] = {}
         self.active = True
 
     def forward_kv(self, *args: torch.Tensor | None) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
+        """One pass; a wide bf16 pass runs the package with matmul attention (:func:`wide_attention`),
+        compiled the first time one is needed."""
+        assert args[0] is not None
+        wide = wide_attention(args[0])
         if any(a is None for a in args):  # no mask: only the eager path takes None
-            return self._den.forward_kv(*args)  # type: ignore[arg-type]
-        v, reward, term, pooled, k_new, v_new = self._call("forward_kv", args)  # type: ignore[arg-type]
+            return self._den.forward_kv(*args, math_attention=wide)  # type: ignore[arg-type, misc]
+        name = "forward_kv_wide" if wide else "forward_kv"
+        v, reward, term, pooled, k_new, v_new = self._call(name, args)  # type: ignore[arg-type]
         return DenoiserOutput(reward=reward, term_logit=term, v=v, pooled=pooled), k_new, v_new
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

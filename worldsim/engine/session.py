@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from worldsim.engine.cache import KVCache, MaskPolicy
+from worldsim.engine.compiled import eager_forward_kv
 from worldsim.engine.graphs import GraphedStep
 from worldsim.engine.sampler import cache_rows, commit, commit_context, denoise, kv_passes
 
@@ -227,7 +228,7 @@ class Session:
         n = act.shape[0]
         has = torch.ones(n, 1, dtype=torch.bool, device=act.device)
         compiled = self.world.compiled
-        forward_kv = compiled.forward_kv if compiled is not None else self.world.denoiser.forward_kv
+        forward_kv = compiled.forward_kv if compiled is not None else eager_forward_kv(self.world.denoiser)
         decode = compiled.decode if compiled is not None else self.world.codec.decode
         passes = kv_passes(forward_kv, cache, mask)
         last_step = self.world.config.sampler.cache_pass == "last_step"

@@ -135,6 +135,7 @@ class Block(nn.Module):
         mask: torch.Tensor | None,
         ck: torch.Tensor | None = None,
         cv: torch.Tensor | None = None,
+        math_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block on explicit tensors: x (B, T, N, D), c (B, T, D), cached keys (rotated) and
         values ck/cv (B, H, L, hd) or None -> (x, the new tokens' k (rotated) and v (B, H, T*N, hd))."""
@@ -152,7 +153,7 @@ class Block(nn.Module):
             keys, values = torch.cat([ck, k_r], dim=2), torch.cat([cv, v], dim=2)
         else:
             keys, values = k_r, v
-        a = attend(q_r, keys, values, mask)  # (B, H, T*N, hd)
+        a = attend(q_r, keys, values, mask, math=math_attention)  # (B, H, T*N, hd)
         a = a.transpose(1, 2).reshape(B, T, N, D)
         x = x + g1 * self.proj(a)
         x = x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
@@ -239,6 +240,7 @@ class CausalDenoiser(nn.Module):
         mask: torch.Tensor | None,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
+        math_attention: bool = False,
     ) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
         """One cached pass on explicit tensors (what ``torch.compile`` and CUDA graphs take whole).
 
@@ -246,12 +248,13 @@ class CausalDenoiser(nn.Module):
         (B|1, 1, T*N, L + T*N) or None; cache_k (rotated) / cache_v (depth, B, H, L, hd).
         Returns the output and the new tokens' keys (rotated by q_cos/q_sin) and values (depth, B, H, T*N, hd),
         for the caller to store: the same numbers as :meth:`forward` with a cache context.
+        ``math_attention``: attention as matmuls and a softmax (``attention.math_attention``).
         """
         h, c = self._embed(x, t, action, has_action)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             assert isinstance(block, Block)
-            h, k, v = block.step(h, c, q_cos, q_sin, mask, cache_k[i], cache_v[i])
+            h, k, v = block.step(h, c, q_cos, q_sin, mask, cache_k[i], cache_v[i], math_attention)
             ks.append(k)
             vs.append(v)
         return self._readout(h, c, x.shape), torch.stack(ks), torch.stack(vs)
