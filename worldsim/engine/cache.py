@@ -171,9 +171,10 @@ class KVCache:
         self._invalidate()
 
     # ------------------------------------------------------------------ row subsets
-    def narrow(self, n: int) -> KVCache:
-        """The first ``n`` rows as a cache that shares this one's storage (no copy)."""
-        buffers = (self.k[:, :n], self.v[:, :n], self.frame_idx[:n], self.count[:n])
+    def narrow(self, n: int, start: int = 0) -> KVCache:
+        """Rows ``start .. start + n - 1`` as a cache that shares this one's storage (no copy)."""
+        r = slice(start, start + n)
+        buffers = (self.k[:, r], self.v[:, r], self.frame_idx[r], self.count[r])
         return KVCache(self.model_cfg, self.cfg, n, buffers=buffers, is_view=True)
 
     def gather(self, rows: list[int]) -> KVCache:
