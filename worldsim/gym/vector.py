@@ -3,8 +3,9 @@
 Autoreset follows Gymnasium 1.x: ``NEXT_STEP`` (default; the step after an episode ends resets
 that row and returns its first observation with reward 0) or ``SAME_STEP`` (the ending step
 already returns the new episode's first observation; the last one is in
-``info["final_obs"]`` / ``info["final_info"]``). Rows are reset one by one in the KV cache, so
-the other rows keep their history.
+``info["final_obs"]`` / ``info["final_info"]``). Only the ended rows are reset in the KV cache
+(a copy of their start clips' committed rows, see ``worldsim.engine.starts``), so the other rows
+keep their history.
 """
 
 from __future__ import annotations
