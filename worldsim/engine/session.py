@@ -207,7 +207,7 @@ class Session:
         a = self.world.action_spec.validate(actions, batch=len(idx))
         n = self.step_chunk if self.step_chunk and self.world.device.type == "cpu" else len(idx)
         outs = [self._step_rows(idx[i : i + n], a[i : i + n]) for i in range(0, len(idx), n)]
-        frames, rewards, p_term = (np.concatenate([o[j] for o in outs]) for j in range(3))
+        frames, rewards, p_term = outs[0] if len(outs) == 1 else (np.concatenate(x) for x in zip(*outs))
         return StepResult(
             frames=frames,
             rewards=rewards.astype(np.float32),
