@@ -91,3 +91,24 @@ def test_soak_memory_is_flat_and_a_leak_is_caught(tmp_path: Path) -> None:
     world.session = leaky_session  # type: ignore[method-assign]
     leak = memory_over_rollout(world, 48, samples=6)
     assert leak["flat"] is False and leak["rss_growth_mb"] > 30
+
+
+def test_flops_per_frame_count_attention() -> None:
+    """The FLOP count includes attention on CPU (torch's counter has no formula for SDPA's CPU
+    kernel): a world keeping fewer past frames does fewer FLOPs, by exactly the attention it skips."""
+    import dataclasses
+
+    import torch
+
+    from worldsim.bench import flops_per_frame
+    from worldsim.testing import tiny_world
+
+    counts = {}
+    for window in (4, 2):
+        w = tiny_world()
+        w.config.cache = dataclasses.replace(w.config.cache, window=window)
+        counts[window] = flops_per_frame(w.to_runtime(torch.device("cpu"), torch.float32, compile=False))
+    cfg = tiny_world().config.denoiser
+    per_slot = 4 * cfg.heads * cfg.tokens * cfg.tokens * cfg.head_dim * cfg.depth  # q k^T and p v, one row-pass
+    passes = (counts[4] - counts[2]) / (2 * per_slot)  # two slots fewer
+    assert passes >= 5 and passes == int(passes), passes  # 4 denoising steps + the cache pass (+ guidance rows)

@@ -181,3 +181,32 @@ def test_a_corrupt_cached_package_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tm
     assert world.compiled.active
     assert all(p.stat().st_size > 1000 for p in paths)  # rebuilt in place
     _assert_close(got, _rollout(_world(False), 1, 3))
+
+
+def test_cache_window_command_and_its_own_package(
+    tiny_world_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`worldsim sampler W --cache-window N` keeps N past frames (1 .. the trained window, which
+    provenance remembers); the same weights with another window compile into a package of their own
+    and run it compiled, with the eager frames."""
+    from worldsim.cli import main
+
+    monkeypatch.setenv(compiled_mod.CACHE_ENV, str(tmp_path / "cache"))
+    small = tmp_path / "w2.safetensors"
+    assert main(["sampler", str(tiny_world_path), "--cache-window", "2", "--out", str(small)]) == 0
+    w = WorldModel.load(small, device="cpu", compile=False)
+    assert w.config.cache.window == 2 and w.provenance["cache"]["trained_window"] == 4
+    assert main(["sampler", str(small), "--cache-window", "5"]) == 2
+    assert "must be in 1..4" in capsys.readouterr().err
+    assert main(["sampler", str(small), "--cache-window", "4", "--out", str(tmp_path / "back.safetensors")]) == 0
+
+    full = WorldModel.load(tiny_world_path, device="cpu", compile=True)
+    _rollout(full, 1, 3)  # compiles the trained window's package first
+    fast = WorldModel.load(small, device="cpu", compile=True)
+    got = _rollout(fast, 1, 8)
+    assert fast.compiled is not None and fast.compiled.active
+    assert full.compiled is not None
+    cpu = torch.device("cpu")
+    assert fast.compiled.package_path("forward_kv", cpu) != full.compiled.package_path("forward_kv", cpu)
+    _assert_close(got, _rollout(WorldModel.load(small, device="cpu", compile=False), 1, 8))
+    assert fast.session(batch=1).cache.k.shape[3] == 3  # sink 1 + window 2 slots (the trained world: 5)

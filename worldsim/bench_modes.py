@@ -56,7 +56,7 @@ def configured(world: WorldModel, mode: str, variant: str = "default") -> Iterat
     saved_compiled, saved_sampler = world.compiled, world.config.sampler
     try:
         if mode == "compiled":
-            world.compiled = saved_compiled or Compiled(world.denoiser, world.codec)
+            world.compiled = saved_compiled or Compiled(world.denoiser, world.codec, world.config.cache.capacity)
         else:
             world.compiled = None
         world.config.sampler = dataclasses.replace(saved_sampler, **VARIANTS[variant])

@@ -18,6 +18,16 @@ frames; it needs no training when the world was trained on clips longer than N (
 denoiser has seen every position up to its cache's capacity)::
 
     worldsim sampler envs/cartpole/cartpole.safetensors --context-frames 4 --data data/cartpole --out ctx4.safetensors
+
+``--cache-window N`` keeps N past frames in the rolling KV cache instead of the trained window
+(``CacheConfig.window``): a frame attends over ``N + 1`` frames of keys, so a smaller window is a
+cheaper frame. It needs no training when N is at most the window the world was trained with: a
+causal denoiser trained on clips of ``window + 1`` frames has seen every frame of a clip attend
+over 1 .. window past frames, and a full cache of N frames looks to it like frame N + 1 of a clip.
+What it costs in prediction and control is a question for ``worldsim eval``; a ``cache`` provenance
+entry records the change (and the trained window, which bounds later changes)::
+
+    worldsim sampler envs/cartpole/cartpole.safetensors --cache-window 3 --out cartpole-w3.safetensors
 """
 
 from __future__ import annotations
@@ -56,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", type=Path, nargs="+", default=None, metavar="DIR", help="recorded data: the start clips' source"
     )
+    parser.add_argument(
+        "--cache-window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="past frames in the rolling KV cache (at most the trained window; fewer = a cheaper frame)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -69,13 +86,21 @@ def main(args: argparse.Namespace) -> int:
         raise ckpt.CheckpointError(f"{args.world}: config metadata is missing or invalid: {e}") from e
     old = config.sampler
     context = getattr(args, "context_frames", None)
-    if not args.sets and context is None:
-        print(json.dumps({**dataclasses.asdict(old), "context_frames": config.context_frames}, indent=2))
+    window = getattr(args, "cache_window", None)
+    if not args.sets and context is None and window is None:
+        shown = {
+            **dataclasses.asdict(old),
+            "context_frames": config.context_frames,
+            "cache_window": config.cache.window,
+        }
+        print(json.dumps(shown, indent=2))
         return 0
     new = old.with_overrides(args.sets)  # a bad value fails here (SamplerConfig checks), before any write
     provenance = dict(meta.get("provenance", {}))
     if context is not None:
         provenance[ckpt.provenance_key(provenance, "context")] = _set_context(args, config, tensors, context)
+    if window is not None:
+        provenance[ckpt.provenance_key(provenance, "cache")] = _set_window(config, provenance, window)
     if args.sets:
         config.sampler = new
         provenance[ckpt.provenance_key(provenance, "sampler")] = {
@@ -88,7 +113,13 @@ def main(args: argparse.Namespace) -> int:
     ckpt.save_file(out, tensors, config, provenance)
     before = dataclasses.asdict(old)
     changed = {k: v for k, v in dataclasses.asdict(new).items() if before[k] != v}
-    log.info("wrote %s with sampler %s, context %d frames", out, json.dumps(changed), config.context_frames)
+    log.info(
+        "wrote %s with sampler %s, context %d frames, cache window %d",
+        out,
+        json.dumps(changed),
+        config.context_frames,
+        config.cache.window,
+    )
     return 0
 
 
@@ -124,3 +155,23 @@ def _set_context(args: argparse.Namespace, config: Any, tensors: dict[str, Any],
         "start_clips": len(frames),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def trained_window(config: Any, provenance: dict[str, Any]) -> int:
+    """The cache window a world was trained with: the first ``cache`` provenance entry's ``from``
+    (the window before any ``--cache-window``), else its config's."""
+    first = provenance.get("cache")
+    return int(first["trained_window"]) if isinstance(first, dict) else int(config.cache.window)
+
+
+def _set_window(config: Any, provenance: dict[str, Any], n: int) -> dict[str, Any]:
+    """Set ``config.cache.window`` to ``n`` (1 .. the trained window)."""
+    trained = trained_window(config, provenance)
+    if not 1 <= n <= trained:
+        raise SystemExit(
+            f"--cache-window {n}: must be in 1..{trained}, the window this world was trained with "
+            "(a longer one shows the denoiser key offsets it never saw in training)"
+        )
+    old = config.cache.window
+    config.cache = dataclasses.replace(config.cache, window=n)
+    return {"from": old, "to": n, "trained_window": trained, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

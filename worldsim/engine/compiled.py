@@ -190,14 +190,16 @@ class Compiled:
     call ``world.to_runtime(...)`` again (training loads its worlds with ``compile=False``).
     """
 
-    def __init__(self, den: CausalDenoiser, frame_codec: FrameCodec) -> None:
+    def __init__(self, den: CausalDenoiser, frame_codec: FrameCodec, cache_slots: int) -> None:
         self._den = den
         self._modules: dict[str, torch.nn.Module] = {
             "forward_kv": _Pass(den),
             "forward_kv_wide": _Pass(den, math_attention=True),
             "decode": _Decode(frame_codec),
         }
-        den_cfg = json.dumps(vars(den.cfg))
+        # The cache's frame slots fix the packages' key length: a world run with another window
+        # (``worldsim sampler --cache-window``) has the same weights but needs its own package.
+        den_cfg = json.dumps({**vars(den.cfg), "cache_slots": cache_slots})
         self._configs = {"forward_kv": den_cfg, "forward_kv_wide": den_cfg, "decode": json.dumps(vars(frame_codec.cfg))}
         self._dims = {"forward_kv": FORWARD_KV_BATCH_DIMS, "forward_kv_wide": FORWARD_KV_BATCH_DIMS, "decode": (0,)}
         self._loaded: dict[str, Any] = {}

@@ -190,7 +190,11 @@ class WorldModel(torch.nn.Module):
         self.to(device=device, dtype=dtype)
         self.eval()
         self.requires_grad_(False)
-        self.compiled = Compiled(self.denoiser, self.codec) if resolve_compile(compile, device) else None
+        self.compiled = (
+            Compiled(self.denoiser, self.codec, self.config.cache.capacity)
+            if resolve_compile(compile, device)
+            else None
+        )
         self.starts = StartClips(self)  # start clips committed on first use (engine/starts.py)
         return self
 
