@@ -551,7 +551,7 @@ def test_every_action_space_steps_in_bfloat16(space: gym.spaces.Space) -> None:
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_math_attention_matches_sdpa(dtype: torch.dtype, tol: float) -> None:
-    from worldsim.model.attention import attend
+    from worldsim.model.attention import additive_mask, attend
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 2, 8, 16, generator=g).to(dtype) for _ in range(3))
@@ -559,6 +559,9 @@ def test_math_attention_matches_sdpa(dtype: torch.dtype, tol: float) -> None:
     mask[1, ..., :5] = False  # a row whose first slots are empty, as in a filling cache
     for m in (None, mask):
         torch.testing.assert_close(attend(q, k, v, m, math=True), attend(q, k, v, m), atol=tol, rtol=tol)
+    bias = additive_mask(mask, dtype)  # what wide passes get (the compiled softmax is faster over it)
+    assert bias.dtype == dtype and bool((bias[1, ..., :5] == float("-inf")).all()) and bool((bias[0] == 0).all())
+    torch.testing.assert_close(attend(q, k, v, bias, math=True), attend(q, k, v, mask), atol=tol, rtol=tol)
 
 
 def test_wide_bf16_passes_use_math_attention(monkeypatch: pytest.MonkeyPatch) -> None:

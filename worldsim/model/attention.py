@@ -60,7 +60,8 @@ def backend_for(device: torch.device, dtype: torch.dtype) -> str:
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, math: bool = False
 ) -> torch.Tensor:
-    """q (B, H, Lq, hd), k/v (B, H, Lk, hd), mask bool broadcastable to (B, H, Lq, Lk) or None.
+    """q (B, H, Lq, hd), k/v (B, H, Lk, hd), mask bool broadcastable to (B, H, Lq, Lk) or None
+    (``math``: also an additive float mask, :func:`additive_mask`).
 
     ``math``: two matmuls and a softmax instead of SDPA's fused kernel (see :func:`math_attention`);
     the caller decides, per pass."""
@@ -81,8 +82,18 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     rows slower. The engine picks it per pass (``worldsim.engine.compiled.wide_attention``)."""
     s = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, Lq, Lk)
     if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
+        s = s + mask if mask.is_floating_point() else s.masked_fill(~mask, float("-inf"))
     return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = attend) -> the same mask as a bias to add to the scores (0 or -inf).
+
+    :func:`math_attention` takes either; compiled, the bias is ~3x faster: inductor's CPU softmax
+    over ``masked_fill`` / ``where`` of a broadcast bool mask ran at a third of its unmasked speed
+    (bf16, 32 rows x 64 queries x 512 keys: 1.6 ms against 0.55), over ``scores + bias`` at the
+    unmasked speed (2026-12-05). SDPA's CPU kernel is as fast with either."""
+    return torch.zeros(mask.shape, device=mask.device, dtype=dtype).masked_fill(~mask, float("-inf"))
 
 
 # ----------------------------------------------------------------------------- rotary helpers
