@@ -564,9 +564,8 @@ def test_math_attention_matches_sdpa(dtype: torch.dtype, tol: float) -> None:
     torch.testing.assert_close(attend(q, k, v, bias, math=True), attend(q, k, v, mask), atol=tol, rtol=tol)
 
 
-def test_wide_bf16_passes_use_math_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine picks matmul attention for bf16 CPU passes of >= WIDE_ROWS rows only."""
-    from worldsim.engine.compiled import WIDE_ROWS
+def test_bf16_passes_use_math_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine picks matmul attention for bf16 CPU passes at every batch size, never in fp32."""
     from worldsim.model import attention
 
     calls: list[int] = []
@@ -578,16 +577,16 @@ def test_wide_bf16_passes_use_math_attention(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(attention, "math_attention", counting)
     world = tiny_world().to_runtime(torch.device("cpu"), torch.bfloat16, compile=False)
-    for batch in (1, WIDE_ROWS):
+    for batch in (1, 8):
         s = world.session(batch, seed=0)
         s.reset()
         s.step([0] * batch)
-    assert calls and set(calls) == {WIDE_ROWS}
+    assert set(calls) == {1, 8}
     calls.clear()
     fp32 = tiny_world().to_runtime(torch.device("cpu"), torch.float32, compile=False)
-    s = fp32.session(WIDE_ROWS, seed=0)
+    s = fp32.session(8, seed=0)
     s.reset()
-    s.step([0] * WIDE_ROWS)
+    s.step([0] * 8)
     assert calls == []
 
 

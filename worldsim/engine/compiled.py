@@ -6,9 +6,9 @@ the cached keys) happens outside the compiled code, in :meth:`KVCache.frame_kv`,
 pure function of tensors (``CausalDenoiser.forward_kv``): one compiled kernel library serves every
 denoising step and the clean pass, in every fill state (the mask is always passed, so an empty
 slot and a full cache are the same code) and at every batch size (the batch dimension is
-symbolic). The decoder is a second one. A world in bf16/fp16 on CPU gets a third, built the first
-time a pass of >= 8 rows runs: the same pass with attention as matmuls + softmax, faster than
-SDPA's kernel there and slower at a few rows (:func:`wide_attention`).
+symbolic). The decoder is a second one. A world in bf16/fp16 on CPU runs, instead of the first,
+the same pass with attention as matmuls + softmax over an additive mask, faster than SDPA's
+kernel there at every batch size (:func:`uses_math_attention`).
 
 - **Chosen at the entry point**: :func:`resolve` reads ``compile=`` (``WorldModel.load``,
   ``--no-compile`` on the CLI) over ``WORLDSIM_COMPILE`` (``0`` turns it off); default on for
@@ -78,26 +78,25 @@ def cache_dir() -> Path:
     return cache_root() / "compiled"
 
 
-WIDE_ROWS = 8
-"""A pass of at least this many rows in bf16/fp16 on CPU uses matmul attention (:func:`wide_attention`)."""
+def uses_math_attention(x: torch.Tensor) -> bool:
+    """Whether a pass on ``x`` (rows, ...) runs attention as matmuls + softmax instead of SDPA:
+    bf16/fp16 on CPU, at any batch size.
 
-
-def wide_attention(x: torch.Tensor) -> bool:
-    """Whether a pass on ``x`` (rows, ...) runs attention as matmuls + softmax instead of SDPA.
-
-    Measured on the 2-core AVX512-BF16 CPU (shipped CartPole, bf16, compiled, side by side):
-    batch 16 1.26-1.39x faster, batch 4 1.06x, batch 1 0.85x; in fp32 SDPA is faster at every
-    batch (docs/performance.md, 2026-12-04 evening). So: bf16/fp16 CPU passes of >= 8 rows."""
-    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] >= WIDE_ROWS
+    Measured on the 2-core AVX512-BF16 CPU (shipped CartPole, bf16, compiled, side by side with the
+    code before each change): with the mask applied by ``masked_fill`` it paid from ~8 rows only
+    (batch 16 1.26-1.39x, batch 1 0.85x; 2026-12-04 evening); with the mask as an additive bias
+    (:func:`with_bias`) batch 16 gained another 1.23x and batch 1 / 4 run 1.19x / 1.24x faster than
+    with SDPA (2026-12-05). In fp32 SDPA is as fast or faster at every batch (docs/performance.md)."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
 
 
 def eager_forward_kv(den: CausalDenoiser) -> Any:
-    """``den.forward_kv`` with the attention of :func:`wide_attention`: the eager twin of
+    """``den.forward_kv`` with the attention of :func:`uses_math_attention`: the eager twin of
     :meth:`Compiled.forward_kv`."""
 
     def run(*args: Any) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
-        wide = wide_attention(args[0])
-        return den.forward_kv(*(with_bias(args) if wide else args), math_attention=wide)  # type: ignore[misc]
+        math = uses_math_attention(args[0])
+        return den.forward_kv(*(with_bias(args) if math else args), math_attention=math)  # type: ignore[misc]
 
     return run
 
@@ -107,7 +106,7 @@ MASK_ARG = 6
 
 
 def with_bias(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A wide pass's arguments with its bool mask as an additive bias (:func:`attention.additive_mask`:
+    """A math-attention pass's arguments with its bool mask as an additive bias (:func:`attention.additive_mask`:
     the compiled softmax is ~3x faster over a bias)."""
     mask = args[MASK_ARG]
     if mask is None or mask.is_floating_point():
@@ -208,26 +207,25 @@ class Compiled:
         self._den = den
         self._modules: dict[str, torch.nn.Module] = {
             "forward_kv": _Pass(den),
-            "forward_kv_wide": _Pass(den, math_attention=True),
+            "forward_kv_math": _Pass(den, math_attention=True),
             "decode": _Decode(frame_codec),
         }
         # The cache's frame slots fix the packages' key length: a world run with another window
         # (``worldsim sampler --cache-window``) has the same weights but needs its own package.
         den_cfg = json.dumps({**vars(den.cfg), "cache_slots": cache_slots})
-        self._configs = {"forward_kv": den_cfg, "forward_kv_wide": den_cfg, "decode": json.dumps(vars(frame_codec.cfg))}
-        self._dims = {"forward_kv": FORWARD_KV_BATCH_DIMS, "forward_kv_wide": FORWARD_KV_BATCH_DIMS, "decode": (0,)}
+        self._configs = {"forward_kv": den_cfg, "forward_kv_math": den_cfg, "decode": json.dumps(vars(frame_codec.cfg))}
+        self._dims = {"forward_kv": FORWARD_KV_BATCH_DIMS, "forward_kv_math": FORWARD_KV_BATCH_DIMS, "decode": (0,)}
         self._loaded: dict[str, Any] = {}
         self.active = True
 
     def forward_kv(self, *args: torch.Tensor | None) -> tuple[DenoiserOutput, torch.Tensor, torch.Tensor]:
-        """One pass; a wide bf16 pass runs the package with matmul attention (:func:`wide_attention`),
-        compiled the first time one is needed."""
+        """One pass; a bf16/fp16 pass runs the package with matmul attention (:func:`uses_math_attention`)."""
         assert args[0] is not None
-        wide = wide_attention(args[0])
+        math = uses_math_attention(args[0])
         if any(a is None for a in args):  # no mask: only the eager path takes None
-            return self._den.forward_kv(*args, math_attention=wide)  # type: ignore[arg-type, misc]
-        name = "forward_kv_wide" if wide else "forward_kv"
-        v, reward, term, pooled, k_new, v_new = self._call(name, with_bias(args) if wide else args)  # type: ignore[arg-type]
+            return self._den.forward_kv(*args, math_attention=math)  # type: ignore[arg-type, misc]
+        name = "forward_kv_math" if math else "forward_kv"
+        v, reward, term, pooled, k_new, v_new = self._call(name, with_bias(args) if math else args)  # type: ignore[arg-type]
         return DenoiserOutput(reward=reward, term_logit=term, v=v, pooled=pooled), k_new, v_new
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
