@@ -608,3 +608,19 @@ def test_steps_in_chunks_match_one_call(guidance: float) -> None:
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
         np.testing.assert_allclose(a.rewards, b.rewards, atol=1e-4)
         assert np.array_equal(a.terminated, b.terminated)
+
+
+def test_default_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 where it is native (CUDA, a CPU with AVX512-BF16 / AMX), else fp32; WORLDSIM_DTYPE wins."""
+    from worldsim.engine import world as world_mod
+
+    assert isinstance(world_mod.cpu_has_native_bf16(), bool)  # the real probe runs on any CPU
+    monkeypatch.delenv(world_mod.DTYPE_ENV, raising=False)
+    cpu = torch.device("cpu")
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(world_mod, "cpu_has_native_bf16", lambda native=native: native)
+        assert world_mod.default_dtype(cpu) == want
+    assert world_mod.default_dtype(torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setenv(world_mod.DTYPE_ENV, "fp32")
+    monkeypatch.setattr(world_mod, "cpu_has_native_bf16", lambda: True)
+    assert world_mod.default_dtype(cpu) == torch.float32

@@ -85,17 +85,37 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """``WORLDSIM_DTYPE`` if set, else fp32 on CPU and bf16 on CUDA.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX tiles)."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # a private probe that changed or fails: read the flags instead
+            break
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
-    bf16 on a CPU with native bf16 dot products (AVX512-BF16 or AMX) is about 1.2x faster at
-    batch 1 and 1.9x at batch 16 for CartPole, with the frames of a slightly different world
-    (docs/performance.md, 2026-12-04); without them it is slower than fp32, so it is opt-in.
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """``WORLDSIM_DTYPE`` if set, else bf16 where the hardware computes it natively (CUDA, or a CPU
+    with AVX512-BF16 / AMX: :func:`cpu_has_native_bf16`), else fp32.
+
+    On the 2-core AVX512-BF16 CPU bf16 is 1.4x fp32 at batch 1 and 2.3-2.6x at batch 16 for CartPole
+    (docs/performance.md, 2026-12-05), with the same control and prediction numbers on both bundled
+    worlds (the cards); on a CPU without native bf16 it was 1.6x *slower* than fp32, so fp32 there.
+    Training always runs in fp32, and ``worldsim eval`` measures in fp32 unless given ``--dtype``.
     """
     env = parse_dtype(os.environ.get(DTYPE_ENV))
     if env is not None:
         return env
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 class WorldModel(torch.nn.Module):
