@@ -518,13 +518,14 @@ def test_cuda_graphs_need_cuda() -> None:
 def test_dtype_is_decided_at_load_by_argument_or_worldsim_dtype(
     tiny_world_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worldsim.engine.world import WorldModel, parse_dtype
+    from worldsim.engine.world import WorldModel, cpu_has_native_bf16, parse_dtype
 
     monkeypatch.delenv("WORLDSIM_DTYPE", raising=False)
     assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("auto") is None and parse_dtype(None) is None
     with pytest.raises(ValueError, match="float32, bfloat16, float16"):
         parse_dtype("int8")
-    assert WorldModel.load(tiny_world_path, device="cpu", compile=False).dtype == torch.float32
+    want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32  # the hardware's default
+    assert WorldModel.load(tiny_world_path, device="cpu", compile=False).dtype == want
     monkeypatch.setenv("WORLDSIM_DTYPE", "bfloat16")
     w = WorldModel.load(tiny_world_path, device="cpu", compile=False)
     assert w.dtype == torch.bfloat16
