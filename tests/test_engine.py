@@ -560,7 +560,7 @@ def test_math_attention_matches_sdpa(dtype: torch.dtype, tol: float) -> None:
     mask[1, ..., :5] = False  # a row whose first slots are empty, as in a filling cache
     for m in (None, mask):
         torch.testing.assert_close(attend(q, k, v, m, math=True), attend(q, k, v, m), atol=tol, rtol=tol)
-    bias = additive_mask(mask, dtype)  # what wide passes get (the compiled softmax is faster over it)
+    bias = additive_mask(mask, dtype)  # what bf16 passes get (the compiled softmax is faster over it)
     assert bias.dtype == dtype and bool((bias[1, ..., :5] == float("-inf")).all()) and bool((bias[0] == 0).all())
     torch.testing.assert_close(attend(q, k, v, bias, math=True), attend(q, k, v, mask), atol=tol, rtol=tol)
 
