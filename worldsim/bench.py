@@ -120,7 +120,7 @@ def _cpu_sdpa_flops(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> int:
 def flops_per_frame(world: WorldModel) -> float:
     """FLOPs of one batch-1 step, attention included: torch's counter has no formula for SDPA's CPU
     kernel (``_scaled_dot_product_flash_attention_for_cpu``), so it is given the GPU kernels' one
-    (until 2026-12-05 the CPU count left attention out: ~1.23 of ~1.6 GFLOP for CartPole)."""
+    (until 2026-12-05 the CPU count left attention out: 1.23 of 1.93 GFLOP for CartPole)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     sess = world.session(batch=1, seed=0)
