@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from worldsim.checkpoint import CheckpointError
 from worldsim.engine import CacheConfig, KVCache, SamplerConfig, WorldModel, commit_frame, denoise_frame
@@ -625,3 +626,25 @@ def test_default_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(world_mod.DTYPE_ENV, "fp32")
     monkeypatch.setattr(world_mod, "cpu_has_native_bf16", lambda: True)
     assert world_mod.default_dtype(cpu) == torch.float32
+
+
+def test_sigmoid_gelu_is_the_tanh_gelu() -> None:
+    """The compiled passes' GELU (``x * sigmoid(2 z)``) is ``F.gelu(approximate="tanh")`` to float
+    rounding, alone and through a whole cached pass."""
+    from worldsim.model.denoiser import gelu_tanh_as_sigmoid
+
+    x = torch.linspace(-8, 8, 10_001)
+    torch.testing.assert_close(gelu_tanh_as_sigmoid(x), F.gelu(x, approximate="tanh"), atol=2e-6, rtol=1e-5)
+    world = tiny_world()
+    sess = world.session(batch=2, seed=0)
+    sess.reset()
+    f = sess.cache.frame_kv("always")
+    den = world.denoiser
+    g = torch.Generator().manual_seed(0)
+    c = world.config.denoiser
+    x = torch.randn(2, 1, c.latent_channels, c.latent_size, c.latent_size, generator=g)
+    args = (x, torch.full((2, 1), 0.5), torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool))
+    a = den.forward_kv(*args, f.q_cos, f.q_sin, f.mask, f.k, f.v)
+    b = den.forward_kv(*args, f.q_cos, f.q_sin, f.mask, f.k, f.v, sigmoid_gelu=True)
+    torch.testing.assert_close(a[0].v, b[0].v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)

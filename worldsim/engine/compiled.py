@@ -135,7 +135,17 @@ class _Pass(torch.nn.Module):
         cache_v: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         out, k, v = self.den.forward_kv(
-            x, t, action, has_action, q_cos, q_sin, mask, cache_k, cache_v, math_attention=self.math_attention
+            x,
+            t,
+            action,
+            has_action,
+            q_cos,
+            q_sin,
+            mask,
+            cache_k,
+            cache_v,
+            math_attention=self.math_attention,
+            sigmoid_gelu=True,  # the same GELU, cheaper compiled (denoiser.gelu_tanh_as_sigmoid)
         )
         return out.v, out.reward, out.term_logit, out.pooled, k, v
 
