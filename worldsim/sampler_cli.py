@@ -158,8 +158,8 @@ def _set_context(args: argparse.Namespace, config: Any, tensors: dict[str, Any],
 
 
 def trained_window(config: Any, provenance: dict[str, Any]) -> int:
-    """The cache window a world was trained with: the first ``cache`` provenance entry's ``from``
-    (the window before any ``--cache-window``), else its config's."""
+    """The cache window a world was trained with: what the first ``cache`` provenance entry (the
+    first ``--cache-window``) recorded as ``trained_window``, else its config's."""
     first = provenance.get("cache")
     return int(first["trained_window"]) if isinstance(first, dict) else int(config.cache.window)
 

@@ -101,9 +101,10 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
+def default_dtype(device: torch.device, cpu_bf16: bool = True) -> torch.dtype:
     """``WORLDSIM_DTYPE`` if set, else bf16 where the hardware computes it natively (CUDA, or a CPU
-    with AVX512-BF16 / AMX: :func:`cpu_has_native_bf16`), else fp32.
+    with AVX512-BF16 / AMX: :func:`cpu_has_native_bf16`), else fp32. ``cpu_bf16=False``: fp32 on
+    every CPU (``worldsim eval``, whose numbers should not depend on the CPU's flags).
 
     On the 2-core AVX512-BF16 CPU bf16 is 1.4x fp32 at batch 1 and 2.3-2.6x at batch 16 for CartPole
     (docs/performance.md, 2026-12-05), with the same control and prediction numbers on both bundled
@@ -113,7 +114,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
     env = parse_dtype(os.environ.get(DTYPE_ENV))
     if env is not None:
         return env
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16()):
         return torch.bfloat16
     return torch.float32
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -161,7 +160,7 @@ def _config(args: argparse.Namespace, device: str, dtype: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldsim.engine.world import DTYPE_ENV, WorldModel, default_device, default_dtype, parse_dtype
+    from worldsim.engine.world import WorldModel, default_device, default_dtype, parse_dtype
     from worldsim.eval import markdown, report
     from worldsim.eval.episodes import load_eval_episodes
     from worldsim.eval.evaluate import Game, HeldOut, evaluate
@@ -178,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
         wd = None
     device = torch.device(args.device) if args.device else default_device()
     # Measurements pin fp32 on CPU (the engine's default there depends on the CPU's bf16 support).
-    dtype = parse_dtype(args.dtype) or parse_dtype(os.environ.get(DTYPE_ENV))
-    dtype = dtype or (torch.float32 if device.type == "cpu" else default_dtype(device))
+    dtype = parse_dtype(args.dtype) or default_dtype(device, cpu_bf16=False)
     config = _config(args, str(device), str(dtype).removeprefix("torch."))
     out = Path(args.out) if args.out is not None else default_out(args.world)
     report.check_out(out, args.force)  # before the work, not after it
