@@ -19,7 +19,15 @@ from worldsim.eval.control import (
     probe_actions,
     random_runs,
 )
-from worldsim.eval.fidelity import PIXELS, ControlFidelity, held_fidelity, random_fidelity, targets
+from worldsim.eval.fidelity import (
+    PIXELS,
+    ControlFidelity,
+    held_fidelity,
+    random_fidelity,
+    targets,
+    timing_by_length,
+    wilson_interval,
+)
 from worldsim.real import RealGame
 from worldsim.worlds import get_world
 
@@ -103,6 +111,9 @@ def test_real_game_as_the_world_is_exact(cartpole) -> None:  # type: ignore[no-u
     assert rnd.real_ended == 12 and rnd.real_lengths == rnd.world_lengths  # random CartPole falls within 40 frames
     assert rnd.termination_within_2 == 1.0 and rnd.end_within_2 == 1.0
     assert rnd.reader_end_within_2 is not None and rnd.reader_end_within_2 >= 0.75  # the bounds rule, read off pixels
+    assert rnd.termination_interval is not None and rnd.termination_interval[0] < 1.0 == rnd.termination_interval[1]
+    assert sum(b["episodes"] for b in rnd.timing_by_length) == 12
+    assert all(b["timed"] == 1.0 and b["mean_error"] == 0.0 for b in rnd.timing_by_length)
     fid = ControlFidelity(list(wd.state_names), held, rnd)
     t = targets(fid, "cartpole", min_episodes=10)
     assert all(v["pass"] for v in t.values()), t
@@ -182,6 +193,21 @@ def test_closed_loop_real_game_as_the_world_and_a_deaf_world(cartpole, tiny_worl
         "balance", Branches(up.frames[:, :5], up.terminated[:, :5]), world_ends(a, reader, done)[2]
     )
     assert short.episodes == 4 and short.frames == 5 and all(1 <= n <= 5 for n in short.world_lengths)
+
+
+def test_end_timing_by_length_and_its_interval() -> None:
+    real = np.array([2, 2, 5, 7, 7, 10, 20, 0])  # 0: the real episode did not end
+    head = np.array([3, 0, 1, 9, 12, 10, 15, 4])
+    rows = {b["real_length"]: b for b in timing_by_length(real, head)}
+    assert list(rows) == ["1-3", "4-5", "6-8", "9-12", ">= 13"]  # the unended episode is in none
+    assert rows["1-3"]["timed"] == 0.5 and rows["1-3"]["late_or_never"] == 0.5 and rows["1-3"]["mean_error"] == 1.0
+    assert rows["4-5"]["early"] == 1.0 and rows["6-8"]["timed"] == 0.5 and rows["6-8"]["late_or_never"] == 0.5
+    assert rows[">= 13"]["early"] == 1.0 and rows[">= 13"]["mean_error"] == -5.0
+    lo, hi = wilson_interval(40, 50)
+    assert 0.66 < lo < 0.68 and 0.88 < hi < 0.90  # 80% of 50 episodes: anything from 67% to 89%
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
 
 
 def test_reader_resolution_is_twice_the_p95_error() -> None:

@@ -110,6 +110,8 @@ class RandomFidelity:
     termination_within_2: float  # share of real ends with the head's first end within 2 frames
     end_within_2: float  # the same for the world's end (head or state bounds)
     reader_end_within_2: float | None  # the state_done rule on the real frames vs the real end (a check)
+    termination_interval: tuple[float, float] | None = None  # 95% Wilson interval of termination_within_2
+    timing_by_length: list[dict[str, Any]] = field(default_factory=list)  # :func:`timing_by_length`
 
 
 @dataclass
@@ -262,6 +264,44 @@ def world_ends(
     return head_end, state_end, np.where((ends > 0).any(0), np.where(ends > 0, ends, T + 1).min(0), 0)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share ``k / n``: how far another start set may move it."""
+    if n <= 0:
+        raise ValueError("an interval needs n >= 1")
+    p, d = k / n, 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    centre = (p + z * z / (2 * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+LENGTH_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 3), (4, 5), (6, 8), (9, 12), (13, None))
+"""Real episode lengths (frames after the start) that :func:`timing_by_length` groups by."""
+
+
+def timing_by_length(real_end: np.ndarray, head_end: np.ndarray, tol: int = 2) -> list[dict[str, Any]]:
+    """Where the end-timing misses are: per bucket of real episode length (real ends only), the
+    episodes, the share the head times within ``tol`` frames, the shares it ends early / late or
+    never, and its mean error (head - real, over the episodes where it fired)."""
+    out = []
+    for lo, hi in LENGTH_BUCKETS:
+        m = (real_end >= lo) & (real_end <= (hi if hi is not None else real_end.max(initial=0)))
+        n = int(m.sum())
+        if not n:
+            continue
+        fired, err = m & (head_end > 0), head_end - real_end
+        out.append(
+            {
+                "real_length": f"{lo}-{hi}" if hi is not None else f">= {lo}",
+                "episodes": n,
+                "timed": float((fired & (np.abs(err) <= tol)).sum() / n),
+                "early": float((fired & (err < -tol)).sum() / n),
+                "late_or_never": float(((m & (head_end == 0)) | (fired & (err > tol))).sum() / n),
+                "mean_error": float(err[fired].mean()) if fired.any() else math.nan,
+            }
+        )
+    return out
+
+
 def random_fidelity(
     runs: RandomRuns, reader: Reader | None, state_done: StateDone | None, tol: int = 2
 ) -> RandomFidelity:
@@ -275,6 +315,7 @@ def random_fidelity(
         reader_end = first_true(np.asarray(state_done(rs.reshape(M * T, -1)), bool).reshape(M, T))
     real_len, world_len = np.where(real_end > 0, real_end, T), np.where(world_end > 0, world_end, T)
     ended = real_end > 0
+    timed = int((ended & (head_end > 0) & (np.abs(head_end - real_end) <= tol)).sum())
     return RandomFidelity(
         M,
         T,
@@ -289,6 +330,8 @@ def random_fidelity(
         _within(head_end, real_end, ended, tol),
         _within(world_end, real_end, ended, tol),
         None if reader_end is None else _within(reader_end, real_end, ended, tol),
+        wilson_interval(timed, int(ended.sum())) if ended.any() else None,
+        timing_by_length(real_end, head_end, tol),
     )
 
 

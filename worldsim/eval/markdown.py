@@ -333,10 +333,22 @@ def _random_table(name: str, r: RandomFidelity) -> list[str]:
         f"| termination head within 2 frames of the real end | | {_fmt(r.termination_within_2)} |",
         f"| world end (head or state bounds) within 2 frames | | {_fmt(r.end_within_2)} |",
     ]
+    if r.termination_interval is not None:
+        lo, hi = r.termination_interval
+        lines.append(f"| the same, 95% interval over start sets (Wilson) | | {_fmt(lo)} - {_fmt(hi)} |")
     if r.reader_end_within_2 is not None:
         lines.append(
             f"| check: the state bounds read off the real frames, within 2 | {_fmt(r.reader_end_within_2)} | |"
         )
+    if r.timing_by_length:
+        lines += ["", "Where the termination head's misses are, by the real episode's length:", ""]
+        lines += ["| real length | episodes | timed within 2 | early | late or never | mean error (world - real) |"]
+        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            f"| {b['real_length']} | {b['episodes']} | {_fmt(b['timed'])} | {_fmt(b['early'])} | "
+            f"{_fmt(b['late_or_never'])} | {_fmt(b['mean_error'], 2)} |"
+            for b in r.timing_by_length
+        ]
     return [*lines, ""]
 
 
