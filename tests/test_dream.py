@@ -252,3 +252,12 @@ def test_mirror_policy(tiny_world_path: Path, tmp_path: Path) -> None:
         PPO(MirrorPolicy, venv, policy_kwargs=dict(action_perm=[0, 0]))
     with pytest.raises(ValueError, match="obs_mirror"):
         PPO(MirrorPolicy, venv, policy_kwargs=dict(action_perm=[1, 0], obs_mirror="upside-down"))
+
+
+def test_end_timing_oracle_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/end_timing_oracle.py: from the true state the physics times every real end; from
+    the state fitted to the reader's readings of the context frames, nearly every one."""
+    mod = load_example("end_timing_oracle", monkeypatch)
+    res = mod.run(mod.Args(episodes=12, frames=30), seed=0)
+    assert res["true state"] == 1.0
+    assert res["fit"] >= 0.75 and res["fit + reset prior"] >= 0.75, res
