@@ -396,3 +396,22 @@ def test_guidance_stage_distils_the_guided_prediction(tmp_path: Path, latent_wor
     # At step 0 the model is its own target: the loss is the guided-vs-conditional gap, (g-1)^2 |v_c - v_u|^2.
     assert losses[0] > 0 and np.mean(losses[-2:]) < losses[0] * 0.5, losses
     assert world.config.sampler.guidance_scale == 1.0 and out["guidance_distilled_scale"] == 3.0
+
+
+def test_motion_weight_favours_what_moved() -> None:
+    """Static clips weigh every element 1 (the plain loss); a moving element of a frame outweighs
+    the still ones in proportion to its change, and the weighted loss is a mean within each frame."""
+    from worldsim.train.losses import flow_loss, motion_weight
+
+    still = torch.randn(2, 1, 4, 8, 8).expand(2, 3, 4, 8, 8).contiguous()
+    assert torch.equal(motion_weight(still, 2.0), torch.ones_like(still))
+    moving = still.clone()
+    moving[:, 2, 0, 3, 3] += 1.0  # one element moves in the last frame
+    w = motion_weight(moving, 2.0)
+    assert torch.equal(w[:, :2], torch.ones_like(w[:, :2]))
+    assert w[0, 2, 0, 3, 3] > 100 and w[0, 2].sum() == pytest.approx(w[0, 2].numel() + 2.0 * w[0, 2].numel(), rel=1e-4)
+    v, eps, x0 = torch.randn_like(moving), torch.randn_like(moving), moving
+    assert torch.allclose(flow_loss(v, x0, eps, weight=torch.ones_like(x0)), flow_loss(v, x0, eps))
+    err = torch.zeros_like(moving)
+    err[:, 2, 0, 3, 3] = 1.0  # the error sits where the motion is: the weighted loss sees it much more
+    assert flow_loss(eps - x0 + err, x0, eps, weight=w) > 30 * flow_loss(eps - x0 + err, x0, eps)

@@ -21,7 +21,7 @@ from worldsim.engine.world import WorldModel
 from worldsim.train.compile import TrainForward
 from worldsim.train.data import ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
-from worldsim.train.losses import add_noise, flow_loss, head_loss
+from worldsim.train.losses import add_noise, flow_loss, head_loss, motion_weight
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class TeacherTrainConfig:
     """Weight of the reward/termination head loss."""
     term_boost: float = 0.1
     """Share of clips sampled to end on a terminal frame (episode ends are rare)."""
+    motion_weight: float = 0.0
+    """Weight the flow loss towards latent elements that changed since the clip's previous frame
+    (:func:`~worldsim.train.losses.motion_weight`; 0 = the plain mean)."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
@@ -119,7 +122,7 @@ def train_teacher(
         if cfg.policy_actions == "null" and b.free is not None:
             cond = cond & b.free
         out = forward(xt, t, b.action, cond)
-        fl = flow_loss(out.v, b.x, eps, t > 0)
+        fl = flow_loss(out.v, b.x, eps, t > 0, motion_weight(b.x, cfg.motion_weight) if cfg.motion_weight else None)
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
         loss = fl + cfg.head_weight * hl
         gn = optimizer_step(loss, model, opt, sched, d)
