@@ -46,23 +46,18 @@ RESET_SD = 0.1 / np.sqrt(12)
 
 
 class Physics:
-    """gymnasium's CartPole stepped from any state, one world frame = ``skip`` env steps (stopping at an end)."""
+    """The real game (:class:`~worldsim.real.RealGame`: its frameskip, its end rule) stepped from any
+    CartPole state: a frame from state ``s`` is a restore of ``s`` and one ``RealGame.step``."""
 
-    def __init__(self, skip: int) -> None:
-        import gymnasium as gym
-
-        self.env: Any = gym.make("CartPole-v1").unwrapped
-        self.skip = skip
-        self.env.reset(seed=0)
+    def __init__(self, real: Any) -> None:
+        self.real = real
 
     def frame(self, s: np.ndarray, a: int) -> tuple[np.ndarray, bool]:
-        self.env.state, done = np.array(s, np.float64), False
-        self.env.steps_beyond_terminated = None  # a live state again (each call starts from ``s``)
-        for _ in range(self.skip):
-            _, _, done, _, _ = self.env.step(int(a))
-            if done:
-                break
-        return np.array(self.env.state, np.float64), bool(done)
+        from worldsim.real import Snapshot
+
+        self.real.restore(Snapshot("vector", np.asarray(s, np.float64), None, None, 0))  # live, step count 0
+        done = self.real.step(a).done
+        return np.array(self.real.env.unwrapped.state, np.float64), done
 
     def positions(self, s0: np.ndarray, acts: np.ndarray) -> np.ndarray:
         """(K, 2) cart x and pole angle from s0 through the context actions (K - 1,)."""
@@ -111,7 +106,7 @@ def run(args: Args, seed: int) -> dict[str, float]:
     acts = np.stack([np.stack([random_action(spec, space) for _ in range(args.frames)]) for _ in starts])
     acts = acts.reshape(len(starts), args.frames)
     real_end = first_true(RealSide(real).run(starts, acts).terminated)
-    phys = Physics(game.spec.frameskip)
+    phys = Physics(real)
     ends: dict[str, list[int]] = {"true state": [], "fit": [], "fit + reset prior": []}
     for st, a in zip(starts, acts):
         assert game.reader is not None and st.snapshot is not None
