@@ -324,6 +324,60 @@ def test_guidance_on_the_first_steps_only() -> None:
     torch.testing.assert_close(x0[0], x0[1], atol=1e-5, rtol=1e-5)
 
 
+def test_eta_mixes_fresh_and_implied_noise(tmp_path: Path) -> None:
+    """``eta`` = 1 is the fresh-noise sampler (byte-identical to leaving it out), 0 is an Euler
+    step of the flow (the re-noise slices are never read), and a checkpoint without the field loads
+    with eta = 1; values outside [0, 1] are refused."""
+    from worldsim.engine.sampler import cache_passes, commit_context, denoise
+
+    m, spec = _model()
+    B, K, schedule = 2, 2, [1.0, 0.75, 0.5, 0.25]
+    ctx, acts = torch.randn(B, K, 4, 4, 4), _actions(spec, B, K + 1)
+    has = torch.ones(B, 1, dtype=torch.bool)
+    noise = torch.randn(B, 4, 4, 4, 4)
+    other = noise.clone()
+    other[:, 1:] = torch.randn(B, 3, 4, 4, 4)  # the same start, other re-noise slices
+
+    def run(z: torch.Tensor, **kw: float) -> torch.Tensor:
+        cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
+        commit_context(m, cache, ctx, acts[:, :K])
+        with torch.no_grad():
+            return denoise(cache_passes(m, cache), acts[:, K:], has, z, schedule, **kw).x0
+
+    assert torch.equal(run(noise, eta=1.0), run(noise))
+    assert not torch.equal(run(noise), run(other))  # fresh noise is read ...
+    torch.testing.assert_close(run(noise, eta=0.0), run(other, eta=0.0))  # ... an Euler step never reads it
+    half = run(noise, eta=0.5)
+    assert not torch.allclose(half, run(noise)) and not torch.allclose(half, run(noise, eta=0.0))
+
+    # the Euler step by hand: x <- x + (t' - t) v, the last prediction x0 = x - t v
+    cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
+    commit_context(m, cache, ctx, acts[:, :K])
+    passes, x = cache_passes(m, cache), noise[:, :1]
+    with torch.no_grad():
+        for i, t in enumerate(schedule):
+            v = passes(x, torch.full((B, 1), t), acts[:, K:], has, False).v
+            x = x + ((schedule[i + 1] if i + 1 < len(schedule) else 0.0) - t) * v
+    torch.testing.assert_close(run(noise, eta=0.0), x, atol=1e-5, rtol=1e-5)
+
+    for bad in (-0.1, 1.5, True, float("nan")):
+        with pytest.raises(ValueError, match="eta"):
+            SamplerConfig(eta=bad)  # type: ignore[arg-type]
+    assert SamplerConfig().with_overrides(["eta=0"]).eta == 0
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    world = tiny_world(sampler=SamplerConfig(eta=0.0))
+    world.save(tmp_path / "new.safetensors")
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    assert config["sampler"].pop("eta") == 0.0  # self-describing: the file says how it samples
+    save_file(world.state_tensors(), str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(config)})
+    assert WorldModel.load(tmp_path / "old.safetensors", device="cpu").config.sampler.eta == 1.0
+
+
 def test_old_guidance_key_loads(tmp_path: Path) -> None:
     """Checkpoints written before the rename store ``sampler.cfg_scale``; they load as before."""
     from safetensors import safe_open

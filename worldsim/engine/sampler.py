@@ -2,7 +2,8 @@
 
 Flow matching, x_t = (1 - t) x0 + t eps. For each new frame: start from noise at t_0 = 1, and at
 each step predict x0 = x_t - t v and re-noise it to the next t with *fresh* noise (the DMD2-style
-sampler Self Forcing uses, not an Euler step). The last prediction is the frame. Then one pass
+sampler Self Forcing uses, not an Euler step; ``SamplerConfig.eta`` < 1 mixes in the noise the step
+implies, 0 = an Euler step). The last prediction is the frame. Then one pass
 of the clean frame at t = 0 writes its K/V into the cache and gives the reward and termination
 heads' outputs.
 
@@ -46,6 +47,13 @@ class SamplerConfig:
     """Guidance on the first ``guidance_steps`` denoising steps only (the high-noise ones, which
     decide where things are; "guidance in a limited interval", Kynkaanniemi et al. 2024); the
     later steps use the action alone. ``None``: every step."""
+    eta: float = 1.0
+    """How each step re-noises its x0 prediction to the next noise level: 1.0 with fresh noise (the
+    DMD2-style sampler Self Forcing trains), 0.0 with the noise the step itself implies (an Euler
+    step of the flow: no new randomness after the first step's noise), between: a mix of the two
+    of unit variance (DDIM's eta, for flow matching). A world whose frames carry small random
+    errors that its dynamics amplify (CartPole's pole) may roll out truer at a lower eta; measure
+    with ``worldsim eval`` before choosing one."""
     cache_pass: str = "clean"
     """Which pass writes the frame into the KV cache and gives the heads: ``clean`` (a separate pass
     of the finished frame at t = 0, what Self Forcing trains: steps + 1 passes a frame) or
@@ -60,6 +68,8 @@ class SamplerConfig:
         n = self.guidance_steps
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"sampler.guidance_steps must be None (every step) or an int >= 1, got {n!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"sampler.eta must be a number in [0, 1] (1 = fresh noise each step), got {self.eta!r}")
         for name in ("guidance_scale", "shift"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
@@ -204,6 +214,7 @@ def denoise(
     guidance_scale: float | Sequence[float] = 1.0,
     exit_step: int | None = None,
     write_last: bool = False,
+    eta: float = 1.0,
 ) -> DenoiseOutput:
     """Generate one frame per row: x0 (B, 1, C, h, w).
 
@@ -214,6 +225,7 @@ def denoise(
 
     ``exit_step`` (training): stop after that step; only it runs with gradient. ``write_last``:
     the last pass writes the cache and its heads are returned (``SamplerConfig.cache_pass``).
+    ``eta``: how a step re-noises (:attr:`SamplerConfig.eta`; 1 = fresh noise, 0 = Euler).
     """
     B = noise.shape[0]
     if abs(schedule[0] - 1.0) > 1e-6:
@@ -250,7 +262,11 @@ def denoise(
             x0 = x - t * v
         if i < last:
             t_next = schedule[i + 1]
-            x = (1 - t_next) * x0.detach() + t_next * noise[:, i + 1 : i + 2]
+            fresh = noise[:, i + 1 : i + 2]
+            if eta != 1.0:  # the noise this step implies, x_t = (1 - t) x0 + t eps  =>  eps = x_t + (1 - t) v
+                implied = (x + (1 - t) * v).detach()
+                fresh = eta * fresh + (1 - eta * eta) ** 0.5 * implied
+            x = (1 - t_next) * x0.detach() + t_next * fresh
     return DenoiseOutput(x0=x0, heads=heads)
 
 

@@ -64,6 +64,7 @@ class Session:
         cfg = world.config
         self.schedule = cfg.sampler.schedule()
         self.step_guidance = cfg.sampler.step_guidance()
+        self.eta = float(cfg.sampler.eta)
         self.guided = cfg.sampler.guided
         rows = len(cache_rows(range(batch), self.guided))
         self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
@@ -248,7 +249,7 @@ class Session:
         decode = compiled.decode if compiled is not None else self.world.codec.decode
         passes = kv_passes(forward_kv, cache, mask)
         last_step = self.world.config.sampler.cache_pass == "last_step"
-        res = denoise(passes, act, has, noise, self.schedule, self.step_guidance, write_last=last_step)
+        res = denoise(passes, act, has, noise, self.schedule, self.step_guidance, write_last=last_step, eta=self.eta)
         x0 = res.x0
         out = res.heads if res.heads is not None else commit(passes, x0, act, has, guided=self.guided)
         frames = decode(x0[:, 0])  # (n, H, W, 3) uint8
