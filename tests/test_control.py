@@ -24,6 +24,7 @@ from worldsim.eval.fidelity import (
     ControlFidelity,
     held_fidelity,
     random_fidelity,
+    rank_correlation,
     targets,
     timing_by_length,
     wilson_interval,
@@ -114,6 +115,7 @@ def test_real_game_as_the_world_is_exact(cartpole) -> None:  # type: ignore[no-u
     assert rnd.termination_interval is not None and rnd.termination_interval[0] < 1.0 == rnd.termination_interval[1]
     assert sum(b["episodes"] for b in rnd.timing_by_length) == 12
     assert all(b["timed"] == 1.0 and b["mean_error"] == 0.0 for b in rnd.timing_by_length)
+    assert rnd.end_rank_correlation is not None and rnd.end_rank_correlation > 0.999  # the real game follows itself
     fid = ControlFidelity(list(wd.state_names), held, rnd)
     t = targets(fid, "cartpole", min_episodes=10)
     assert all(v["pass"] for v in t.values()), t
@@ -208,6 +210,20 @@ def test_end_timing_by_length_and_its_interval() -> None:
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     with pytest.raises(ValueError):
         wilson_interval(0, 0)
+
+
+def test_rank_correlation_scores_order_not_bias() -> None:
+    real = np.array([2, 3, 3, 5, 8, 13, 20])
+    assert rank_correlation(real, real + 4) == pytest.approx(1.0)  # late by 4 frames, same order
+    assert rank_correlation(real, -real) == pytest.approx(-1.0)
+    pulled = np.array([4, 5, 5, 6, 6, 7, 7])  # every end pulled towards a typical time, order kept
+    assert (rank_correlation(real, pulled) or 0.0) > 0.95
+    shuffled = np.array([6, 7, 5, 7, 4, 6, 5])  # typical times in no relation to the real ones
+    score = rank_correlation(real, shuffled)
+    assert score is not None and abs(score) < 0.5
+    assert rank_correlation(real, np.full(7, 5)) is None and rank_correlation(real[:2], real[:2]) is None
+    with pytest.raises(ValueError):
+        rank_correlation(real, real[:3])
 
 
 def test_reader_resolution_is_twice_the_p95_error() -> None:

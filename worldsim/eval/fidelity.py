@@ -112,6 +112,10 @@ class RandomFidelity:
     reader_end_within_2: float | None  # the state_done rule on the real frames vs the real end (a check)
     termination_interval: tuple[float, float] | None = None  # 95% Wilson interval of termination_within_2
     timing_by_length: list[dict[str, Any]] = field(default_factory=list)  # :func:`timing_by_length`
+    # Spearman correlation of the head's end (never: after the run) with the real end, over the
+    # episodes the real game ended: does the world's fall time follow the start state and the
+    # actions, or a typical time? (None with fewer than 3 real ends or constant ends)
+    end_rank_correlation: float | None = None
 
 
 @dataclass
@@ -302,6 +306,24 @@ def timing_by_length(real_end: np.ndarray, head_end: np.ndarray, tol: int = 2) -
     return out
 
 
+def rank_correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rank correlation (ties get their average rank); None for fewer than 3 pairs or a
+    constant side. 1: the world orders episodes by length exactly as the real game does, whatever
+    its bias; a world that ends every episode at one typical time scores ~0."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"rank_correlation needs two 1-d arrays of one length, got {x.shape} and {y.shape}")
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return (first + (counts - 1) / 2)[inverse]  # average rank of each tie group (0-based)
+
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
 def random_fidelity(
     runs: RandomRuns, reader: Reader | None, state_done: StateDone | None, tol: int = 2
 ) -> RandomFidelity:
@@ -332,6 +354,7 @@ def random_fidelity(
         None if reader_end is None else _within(reader_end, real_end, ended, tol),
         wilson_interval(timed, int(ended.sum())) if ended.any() else None,
         timing_by_length(real_end, head_end, tol),
+        rank_correlation(real_end[ended], np.where(head_end > 0, head_end, T + 1)[ended]),
     )
 
 

@@ -336,6 +336,11 @@ def _random_table(name: str, r: RandomFidelity) -> list[str]:
     if r.termination_interval is not None:
         lo, hi = r.termination_interval
         lines.append(f"| the same, 95% interval over start sets (Wilson) | | {_fmt(lo)} - {_fmt(hi)} |")
+    if r.end_rank_correlation is not None:
+        lines.append(
+            f"| the head's end follows the real one: rank correlation (Spearman, 1 = same order) | | "
+            f"{_fmt(r.end_rank_correlation)} |"
+        )
     if r.reader_end_within_2 is not None:
         lines.append(
             f"| check: the state bounds read off the real frames, within 2 | {_fmt(r.reader_end_within_2)} | |"
