@@ -83,18 +83,9 @@ def blend_tensors(
 
 
 def main(args: argparse.Namespace) -> int:
-    from worldsim.engine.world import WorldConfig, upgrade_config
+    from worldsim.engine.world import read_world_file
 
-    loaded = []
-    for path in (args.world, args.other):
-        tensors, meta = ckpt.load_file(path)
-        ckpt.verify_tensors(tensors, meta, path)
-        try:
-            config = ckpt.from_jsonable(WorldConfig, upgrade_config(meta["config"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ckpt.CheckpointError(f"{path}: config metadata is missing or invalid: {e}") from e
-        loaded.append((tensors, meta, config))
-    (ta, ma, ca), (tb, mb, cb) = loaded
+    (ta, ma, ca), (tb, mb, cb) = (read_world_file(path) for path in (args.world, args.other))
     for field in ("denoiser", "codec", "action_space"):
         if getattr(ca, field) != getattr(cb, field):
             raise SystemExit(

@@ -76,14 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from worldsim.engine.world import WorldConfig, upgrade_config
+    from worldsim.engine.world import read_world_file
 
-    tensors, meta = ckpt.load_file(args.world)
-    ckpt.verify_tensors(tensors, meta, args.world)
-    try:
-        config = ckpt.from_jsonable(WorldConfig, upgrade_config(meta["config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ckpt.CheckpointError(f"{args.world}: config metadata is missing or invalid: {e}") from e
+    tensors, meta, config = read_world_file(args.world)
     old = config.sampler
     context = getattr(args, "context_frames", None)
     window = getattr(args, "cache_window", None)

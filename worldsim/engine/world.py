@@ -186,11 +186,7 @@ class WorldModel(torch.nn.Module):
         ``compile``: run the per-frame step under ``torch.compile`` (default: on for CPU unless
         ``WORLDSIM_COMPILE=0``; see ``worldsim.engine.compiled``).
         """
-        tensors, meta = ckpt.load_file(path)
-        try:
-            config = ckpt.from_jsonable(WorldConfig, upgrade_config(meta["config"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ckpt.CheckpointError(f"{path}: config metadata is missing or invalid: {e}") from e
+        tensors, meta, config = read_world_file(path, verify=False)
         world = cls(config)
         ckpt.load_into(world.codec, tensors, "codec", path)
         ckpt.load_into(world.denoiser, tensors, "denoiser", path)
@@ -224,6 +220,22 @@ class WorldModel(torch.nn.Module):
     ) -> Session:
         """A batched session; ``cuda_graphs`` defaults to on for CUDA worlds (see engine/graphs.py)."""
         return Session(self, batch=batch, seed=seed, cuda_graphs=cuda_graphs)
+
+
+def read_world_file(
+    path: str | Path, verify: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], WorldConfig]:
+    """A world file's tensors, metadata and parsed config, without building the model (the file
+    tools, ``worldsim sampler`` and ``worldsim blend``, rewrite files with it). ``verify``: check
+    the SHA-256 and that every weight is finite first. Raises :class:`~worldsim.checkpoint.CheckpointError`."""
+    tensors, meta = ckpt.load_file(path)
+    if verify:
+        ckpt.verify_tensors(tensors, meta, path)
+    try:
+        config = ckpt.from_jsonable(WorldConfig, upgrade_config(meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{path}: config metadata is missing or invalid: {e}") from e
+    return tensors, meta, config
 
 
 def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
