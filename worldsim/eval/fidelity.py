@@ -48,6 +48,7 @@ import numpy as np
 
 from worldsim.eval.closed_loop import ClosedLoopFidelity
 from worldsim.eval.control import Branches, HeldRuns, RandomRuns, first_true
+from worldsim.eval.metrics import correlation
 
 Reader = Callable[[np.ndarray], np.ndarray]
 StateDone = Callable[[np.ndarray], np.ndarray]
@@ -313,15 +314,14 @@ def rank_correlation(x: np.ndarray, y: np.ndarray) -> float | None:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"rank_correlation needs two 1-d arrays of one length, got {x.shape} and {y.shape}")
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
 
     def ranks(v: np.ndarray) -> np.ndarray:
         _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         return (first + (counts - 1) / 2)[inverse]  # average rank of each tie group (0-based)
 
-    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+    r = correlation(ranks(x), ranks(y)) if len(x) else math.nan  # Pearson on the ranks; NaN: < 3 or constant
+    return None if math.isnan(r) else r
 
 
 def random_fidelity(
