@@ -174,6 +174,41 @@ def test_self_forcing_critic_learns_fixed_batch(tmp_path: Path, latent_world) ->
     assert np.mean(c[-2:]) < np.mean(c[:2]), c
 
 
+def test_rollout_loss_learns_the_recorded_future_without_a_critic(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    """``rollout_weight`` alone (``dmd_weight`` 0): the student's own rollout is pulled to the
+    recorded clip, with no teacher score and no critic."""
+    seed_everything(0)
+    world, sampler = latent_world
+    student = tiny_world(seed=1)  # another init, so the rollout starts far from the clip
+    cfg = SelfForcingConfig(
+        steps=30, batch=2, clip_len=5, lr=3e-3, ema=0.0, dmd_weight=0.0, rollout_weight=1.0, save_every=100
+    )
+    metrics = train_self_forcing(cfg, student, copy.deepcopy(world), FixedSampler(sampler, 2), tmp_path, CPU, Dist())  # type: ignore[arg-type]
+    assert "sf_dmd" not in metrics and "sf_critic" not in metrics
+    ro = _losses(tmp_path, "rollout")
+    assert np.mean(ro[-2:]) < 0.7 * np.mean(ro[:2]), ro
+
+
+def test_self_forcing_refuses_a_config_that_trains_nothing(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    world, sampler = latent_world
+    cfg = SelfForcingConfig(steps=1, batch=2, clip_len=5, dmd_weight=0.0, rollout_weight=0.0)
+    with pytest.raises(ValueError, match="rollout_weight"):
+        train_self_forcing(cfg, copy.deepcopy(world), copy.deepcopy(world), sampler, tmp_path, CPU, Dist())
+
+
+def test_frame_mse_masks_frames_and_weights_elements() -> None:
+    from worldsim.train.losses import frame_mse
+
+    pred, target = torch.zeros(2, 3, 1, 2, 2), torch.ones(2, 3, 1, 2, 2)
+    target[:, 2] = 3.0  # frame 2 is 9x worse
+    assert torch.isclose(frame_mse(pred, target), torch.tensor(11 / 3))
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    assert torch.isclose(frame_mse(pred, target, mask), torch.tensor(1.0))
+    weight = torch.ones_like(pred)
+    weight[..., 0, 0], target[..., 0, 0] = 3.0, 2.0  # one element 4x worse, weighted 3x: (3*4 + 3) / 6
+    assert torch.isclose(frame_mse(pred, target, mask, weight), torch.tensor(2.5))
+
+
 def test_self_forcing_gradient_only_through_exit_steps(latent_world) -> None:  # type: ignore[no-untyped-def]
     """Per generated frame exactly one denoising pass carries gradient; the cache carries none."""
     world, sampler = latent_world

@@ -46,7 +46,18 @@ def flow_loss(
 ) -> torch.Tensor:
     """Mean squared velocity error over the frames where ``frame_mask`` (B, T) is True; with
     ``weight`` (like x0, e.g. :func:`motion_weight`) a weighted mean within each frame."""
-    sq = (v - (eps - x0)).pow(2)
+    return frame_mse(v, eps - x0, frame_mask, weight)
+
+
+def frame_mse(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    frame_mask: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Squared error of ``pred`` against ``target`` (B, T, C, h, w): the mean within each frame
+    (weighted by ``weight`` when given), then over the frames where ``frame_mask`` (B, T) is True."""
+    sq = (pred - target).pow(2)
     if weight is None:
         err = sq.flatten(2).mean(-1)  # (B, T)
     else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.compile import TrainForward
 from worldsim.train.data import Batch, ClipSampler
 from worldsim.train.loop import Checkpointer, Dist, RunLog, ema_update, sync_grads
-from worldsim.train.losses import add_noise, dmd_loss, flow_loss, head_loss, x0_from_v
+from worldsim.train.losses import add_noise, dmd_loss, flow_loss, frame_mse, head_loss, motion_weight, x0_from_v
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,17 @@ class SelfForcingConfig:
     """Weight of the head loss (heads re-fit on ground-truth frames; backbone not touched)."""
     term_boost: float = 0.1
     """Share of clips sampled to end on a terminal frame."""
+    dmd_weight: float = 1.0
+    """Weight of the DMD loss (0: none, and no critic is trained)."""
+    rollout_weight: float = 0.0
+    """Weight of the rollout loss: each generated frame (its exit step's x0) against the clip's
+    recorded frame, the student having rolled out from the clip's context with the clip's actions
+    over its own frames. In a deterministic game the recorded future is the one right answer, so
+    this scores the dynamics over the whole rollout, drift included (DMD scores the distribution
+    of clips, not where a given push takes the pole). 0: off (the Self Forcing of the paper)."""
+    rollout_motion_weight: float = 0.0
+    """Weights the rollout loss towards what moved (:func:`~worldsim.train.losses.motion_weight` of
+    the recorded clip; 0: the plain mean)."""
     refit_heads: bool = True
     """After training, re-fit the reward/termination heads on the frozen EMA backbone (``worldsim.train.heads``)."""
     save_every: int = 50
@@ -124,6 +136,78 @@ def _score_inputs(
     return add_noise(x_full, tt, eps), tt, eps
 
 
+def _student_loss(
+    cfg: SelfForcingConfig,
+    gen: torch.Tensor,
+    b: Batch,
+    teacher_fwd: TrainForward,
+    critic_fwd: TrainForward,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The generator's loss on its rollout ``gen`` (B, T - K, ...) of clip ``b``: DMD on the whole
+    clip and / or the rollout loss against the recorded frames (see the config's weights)."""
+    K = cfg.context
+    B, T = b.has_action.shape
+    x_full = torch.cat([b.x[:, :K], gen], dim=1)
+    gen_mask = torch.zeros(B, T, dtype=torch.bool, device=gen.device)
+    gen_mask[:, K:] = True
+    loss, out = gen.new_zeros(()), {}
+    if cfg.dmd_weight > 0:
+        with torch.no_grad():
+            t = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, device=gen.device)
+            xt, tt, _ = _score_inputs(x_full.detach(), K, t)
+            v_c = teacher_fwd(xt, tt, b.action, b.has_action).v
+            v_u = teacher_fwd(xt, tt, b.action, torch.zeros_like(b.has_action)).v
+            x0_real = x0_from_v(xt, tt, v_u + cfg.guidance_scale * (v_c - v_u))
+            x0_fake = x0_from_v(xt, tt, critic_fwd(xt, tt, b.action, b.has_action).v)
+        dmd = dmd_loss(x_full, x0_real, x0_fake, gen_mask)
+        loss, out["dmd"] = loss + cfg.dmd_weight * dmd, dmd.item()
+    if cfg.rollout_weight > 0:
+        # Frames after a clip's end (no action) are padding: not scored.
+        w = motion_weight(b.x, cfg.rollout_motion_weight)[:, K:] if cfg.rollout_motion_weight else None
+        ro = frame_mse(gen, b.x[:, K:], b.has_action[:, K:], w)
+        loss, out["rollout"] = loss + cfg.rollout_weight * ro, ro.item()
+    return loss, out
+
+
+def _critic_updates(
+    cfg: SelfForcingConfig,
+    critic: CausalDenoiser,
+    critic_fwd: TrainForward,
+    opt_c: torch.optim.Optimizer,
+    first: tuple[Batch, torch.Tensor],
+    rollout_fn: Callable[[Batch], torch.Tensor],
+    sampler: ClipSampler,
+    d: Dist,
+) -> float:
+    """``critic_steps`` flow-matching updates of the critic on the student's samples (the first
+    on the student update's own rollout ``first``); returns the mean loss."""
+    K, device = cfg.context, first[1].device
+    losses = []
+    for j in range(cfg.critic_steps):
+        if j == 0:
+            b, fake = first[0], first[1].detach()
+        else:
+            b = sampler.sample(cfg.batch).to(device)
+            with torch.no_grad():
+                fake = rollout_fn(b)
+        B, T = b.has_action.shape
+        gen_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
+        gen_mask[:, K:] = True
+        xf = torch.cat([b.x[:, :K], fake], dim=1)
+        tc = torch.rand(B, T, device=device)
+        tc[:, :K] = 0
+        eps = torch.randn_like(xf)
+        out = critic_fwd(add_noise(xf, tc, eps), tc, b.action, b.has_action)
+        c_loss = flow_loss(out.v, xf, eps, gen_mask)
+        opt_c.zero_grad(set_to_none=True)
+        c_loss.backward()
+        sync_grads(list(critic.parameters()), d)
+        torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+        opt_c.step()
+        losses.append(c_loss.item())
+    return sum(losses) / len(losses)
+
+
 def train_self_forcing(
     cfg: SelfForcingConfig,
     world: WorldModel,
@@ -136,6 +220,8 @@ def train_self_forcing(
     mode: str = "self",
     compile_model: bool = False,
 ) -> dict[str, float]:
+    if cfg.dmd_weight <= 0 and cfg.rollout_weight <= 0:
+        raise ValueError("self_forcing: dmd_weight and rollout_weight are both 0, so nothing trains; set one > 0")
     student = world.denoiser
     teacher = teacher_world.denoiser.eval().requires_grad_(False)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -161,60 +247,37 @@ def train_self_forcing(
             cfg.clip_len,
             world.config.cache.capacity + 1,
         )
-    K = cfg.context
     metrics: dict[str, float] = {}
     for step in range(start, cfg.steps):
-        # ---- student update: rollout with truncated gradient, DMD on the whole clip
+        # ---- student update: rollout with truncated gradient, scored on the whole clip
         b = sampler.sample(cfg.batch).to(device)
         B, T = b.has_action.shape
-        gen = rollout(student, cache, b, K, schedule, mode, grad=True)  # (B, T-K, ...)
-        x_full = torch.cat([b.x[:, :K], gen], dim=1)
-        gen_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
-        gen_mask[:, K:] = True
-        with torch.no_grad():
-            t = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, device=device)
-            xt, tt, _ = _score_inputs(x_full.detach(), K, t)
-            v_c = teacher_fwd(xt, tt, b.action, b.has_action).v
-            v_u = teacher_fwd(xt, tt, b.action, torch.zeros_like(b.has_action)).v
-            x0_real = x0_from_v(xt, tt, v_u + cfg.guidance_scale * (v_c - v_u))
-            x0_fake = x0_from_v(xt, tt, critic_fwd(xt, tt, b.action, b.has_action).v)
-        g_loss = dmd_loss(x_full, x0_real, x0_fake, gen_mask)
+        gen = rollout(student, cache, b, cfg.context, schedule, mode, grad=True)  # (B, T-K, ...)
+        g_loss, gm = _student_loss(cfg, gen, b, teacher_fwd, critic_fwd)
         # Heads: re-fit on ground truth with the backbone's features detached.
         with torch.no_grad():
             pooled = student_fwd(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
-        hout = student.head_outputs(pooled)
-        h_loss, hm = head_loss(hout, b.reward, b.terminated, b.has_action)
+        h_loss, hm = head_loss(student.head_outputs(pooled), b.reward, b.terminated, b.has_action)
         opt_g.zero_grad(set_to_none=True)
         (g_loss + cfg.head_weight * h_loss).backward()
         sync_grads(list(student.parameters()), d)
         g_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt_g.step()
         ema_update(ema, student, cfg.ema)
-
-        # ---- critic updates: flow matching on the student's samples
-        c_losses = []
-        for j in range(cfg.critic_steps):
-            if j == 0:
-                fake = gen.detach()
-            else:
-                b = sampler.sample(cfg.batch).to(device)
-                with torch.no_grad():
-                    fake = rollout(student, cache, b, K, schedule, mode, grad=False)
-            xf = torch.cat([b.x[:, :K], fake], dim=1)
-            tc = torch.rand(B, T, device=device)
-            tc[:, :K] = 0
-            eps = torch.randn_like(xf)
-            out = critic_fwd(add_noise(xf, tc, eps), tc, b.action, b.has_action)
-            c_loss = flow_loss(out.v, xf, eps, gen_mask)
-            opt_c.zero_grad(set_to_none=True)
-            c_loss.backward()
-            sync_grads(list(critic.parameters()), d)
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
-            opt_c.step()
-            c_losses.append(c_loss.item())
+        if cfg.dmd_weight > 0:  # ---- the critic follows the student's samples
+            gm["critic"] = _critic_updates(
+                cfg,
+                critic,
+                critic_fwd,
+                opt_c,
+                (b, gen),
+                lambda bb: rollout(student, cache, bb, cfg.context, schedule, mode, grad=False),
+                sampler,
+                d,
+            )
         run.advance()
         if step % 5 == 0 or step == cfg.steps - 1:
-            metrics = {"dmd": g_loss.item(), "critic": sum(c_losses) / len(c_losses), "grad_norm": g_norm.item(), **hm}
+            metrics = {**gm, "grad_norm": g_norm.item(), **hm}
             run.log(step, **metrics)
         if d.main and ((step + 1) % cfg.save_every == 0 or step == cfg.steps - 1):
             ck.save(step + 1)
