@@ -12,6 +12,11 @@ the teacher and trained online (flow matching) on the student's own samples, ``c
 critic updates per student update (AdamW with beta1 = 0). The exported weights are an EMA of
 the student.
 
+Optionally (``rollout_weight``) the rollout is also scored frame by frame against the recorded
+clip it started from: the student rolled out from the clip's context with the clip's actions, so
+in a deterministic game the recorded frames are where its own frames should be, drift included.
+With ``dmd_weight = 0`` that is the only loss, and no critic is trained.
+
 ``mode`` selects what the student's context is while it rolls out, everything else (loss,
 data, budget) equal:
 
