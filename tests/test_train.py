@@ -189,11 +189,23 @@ def test_rollout_loss_learns_the_recorded_future_without_a_critic(tmp_path: Path
     assert np.mean(ro[-2:]) < 0.7 * np.mean(ro[:2]), ro
 
 
-def test_self_forcing_refuses_a_config_that_trains_nothing(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
-    world, sampler = latent_world
-    cfg = SelfForcingConfig(steps=1, batch=2, clip_len=5, dmd_weight=0.0, rollout_weight=0.0)
+def test_self_forcing_config_refuses_nothing_to_train_and_unknown_policy_actions() -> None:
     with pytest.raises(ValueError, match="rollout_weight"):
-        train_self_forcing(cfg, copy.deepcopy(world), copy.deepcopy(world), sampler, tmp_path, CPU, Dist())
+        SelfForcingConfig(dmd_weight=0.0, rollout_weight=0.0)
+    with pytest.raises(ValueError, match="condition"):
+        SelfForcingConfig(policy_actions="ignore")
+
+
+def test_self_forcing_null_policy_actions_keeps_free_ones_and_frames(latent_world) -> None:  # type: ignore[no-untyped-def]
+    from worldsim.train.self_forcing import conditioned
+
+    _, sampler = latent_world
+    b = sampler.sample(4)
+    b.free = torch.rand(b.has_action.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert conditioned(SelfForcingConfig(), b) is b  # "condition": as recorded
+    nb = conditioned(SelfForcingConfig(policy_actions="null"), b)
+    assert torch.equal(nb.has_action, b.has_action & b.free) and not torch.equal(nb.has_action, b.has_action)
+    assert torch.equal(nb.x, b.x) and torch.equal(nb.action, b.action) and torch.equal(nb.terminated, b.terminated)
 
 
 def test_frame_mse_masks_frames_and_weights_elements() -> None:

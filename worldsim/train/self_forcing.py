@@ -28,6 +28,7 @@ data, budget) equal:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,11 +86,26 @@ class SelfForcingConfig:
     rollout_motion_weight: float = 0.0
     """Weights the rollout loss towards what moved (:func:`~worldsim.train.losses.motion_weight` of
     the recorded clip; 0: the plain mean)."""
+    policy_actions: str = "condition"
+    """What the recording policy's own (not free) actions do in the rollout: ``condition`` (as
+    in the paper) or ``null`` (replaced by the null action, as ``teacher.policy_actions`` does).
+    Use ``null`` with ``rollout_weight`` on a bot's recording: from its own drifted frames the
+    student cannot see the real state, and a bot's action tells it (CartPole's balancing bot
+    pushes right *because* the pole falls right), so the rollout loss teaches that confounder.
+    Measured: 200 steps of the rollout loss alone with ``condition`` on the CartPole recipe's data
+    turned every push around (sign agreement 0.00, the pole never falls). DMD scores against the
+    teacher's causal prediction, so ``condition`` is safe there."""
     refit_heads: bool = True
     """After training, re-fit the reward/termination heads on the frozen EMA backbone (``worldsim.train.heads``)."""
     save_every: int = 50
     """Steps between resumable checkpoints."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy_actions not in ("condition", "null"):
+            raise ValueError(f"self_forcing.policy_actions must be 'condition' or 'null', got {self.policy_actions!r}")
+        if self.dmd_weight <= 0 and self.rollout_weight <= 0:
+            raise ValueError("self_forcing: dmd_weight and rollout_weight are both 0, so nothing trains; set one > 0")
 
 
 def rollout(
@@ -141,15 +157,25 @@ def _score_inputs(
     return add_noise(x_full, tt, eps), tt, eps
 
 
+def conditioned(cfg: SelfForcingConfig, b: Batch) -> Batch:
+    """``b`` as the student rolls it out: with ``policy_actions = "null"`` the recording policy's
+    own actions (not free) are the null action (``has_action`` False); frames stay valid."""
+    if cfg.policy_actions == "condition" or b.free is None:
+        return b
+    return dataclasses.replace(b, has_action=b.has_action & b.free)
+
+
 def _student_loss(
     cfg: SelfForcingConfig,
     gen: torch.Tensor,
     b: Batch,
+    valid: torch.Tensor,
     teacher_fwd: TrainForward,
     critic_fwd: TrainForward,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The generator's loss on its rollout ``gen`` (B, T - K, ...) of clip ``b``: DMD on the whole
-    clip and / or the rollout loss against the recorded frames (see the config's weights)."""
+    """The generator's loss on its rollout ``gen`` (B, T - K, ...) of clip ``b`` (as
+    :func:`conditioned`): DMD on the whole clip and / or the rollout loss against the recorded
+    frames over the ``valid`` (B, T) ones (see the config's weights)."""
     K = cfg.context
     B, T = b.has_action.shape
     x_full = torch.cat([b.x[:, :K], gen], dim=1)
@@ -169,7 +195,7 @@ def _student_loss(
     if cfg.rollout_weight > 0:
         # Frames after a clip's end (no action) are padding: not scored.
         w = motion_weight(b.x, cfg.rollout_motion_weight)[:, K:] if cfg.rollout_motion_weight else None
-        ro = frame_mse(gen, b.x[:, K:], b.has_action[:, K:], w)
+        ro = frame_mse(gen, b.x[:, K:], valid[:, K:], w)
         loss, out["rollout"] = loss + cfg.rollout_weight * ro, ro.item()
     return loss, out
 
@@ -192,7 +218,7 @@ def _critic_updates(
         if j == 0:
             b, fake = first[0], first[1].detach()
         else:
-            b = sampler.sample(cfg.batch).to(device)
+            b = conditioned(cfg, sampler.sample(cfg.batch).to(device))
             with torch.no_grad():
                 fake = rollout_fn(b)
         B, T = b.has_action.shape
@@ -225,8 +251,13 @@ def train_self_forcing(
     mode: str = "self",
     compile_model: bool = False,
 ) -> dict[str, float]:
-    if cfg.dmd_weight <= 0 and cfg.rollout_weight <= 0:
-        raise ValueError("self_forcing: dmd_weight and rollout_weight are both 0, so nothing trains; set one > 0")
+    if cfg.rollout_weight > 0 and cfg.policy_actions == "condition" and sampler.free_share() < 1:
+        log.warning(
+            "self_forcing.rollout_weight with policy_actions=condition on a recording where %.0f%% of the actions "
+            "are the bot's own: the rollout loss can learn the bot's choices as the actions' effect; "
+            "set self_forcing.policy_actions=null",
+            100 * (1 - sampler.free_share()),
+        )
     student = world.denoiser
     teacher = teacher_world.denoiser.eval().requires_grad_(False)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -256,9 +287,10 @@ def train_self_forcing(
     for step in range(start, cfg.steps):
         # ---- student update: rollout with truncated gradient, scored on the whole clip
         b = sampler.sample(cfg.batch).to(device)
+        rb = conditioned(cfg, b)
         B, T = b.has_action.shape
-        gen = rollout(student, cache, b, cfg.context, schedule, mode, grad=True)  # (B, T-K, ...)
-        g_loss, gm = _student_loss(cfg, gen, b, teacher_fwd, critic_fwd)
+        gen = rollout(student, cache, rb, cfg.context, schedule, mode, grad=True)  # (B, T-K, ...)
+        g_loss, gm = _student_loss(cfg, gen, rb, b.has_action, teacher_fwd, critic_fwd)
         # Heads: re-fit on ground truth with the backbone's features detached.
         with torch.no_grad():
             pooled = student_fwd(b.x, torch.zeros(B, T, device=device), b.action, b.has_action).pooled
@@ -275,7 +307,7 @@ def train_self_forcing(
                 critic,
                 critic_fwd,
                 opt_c,
-                (b, gen),
+                (rb, gen),
                 lambda bb: rollout(student, cache, bb, cfg.context, schedule, mode, grad=False),
                 sampler,
                 d,
