@@ -462,3 +462,22 @@ def test_motion_weight_favours_what_moved() -> None:
     err = torch.zeros_like(moving)
     err[:, 2, 0, 3, 3] = 1.0  # the error sits where the motion is: the weighted loss sees it much more
     assert flow_loss(eps - x0 + err, x0, eps, weight=w) > 30 * flow_loss(eps - x0 + err, x0, eps)
+
+
+def test_motion_frames_free_weighs_only_frames_after_free_actions() -> None:
+    from worldsim.train.data import Batch
+    from worldsim.train.teacher import TeacherTrainConfig, _motion
+
+    x = torch.randn(2, 4, 3, 4, 4)
+    ones = torch.ones(2, 4, dtype=torch.bool)
+    free = torch.tensor([[False, True, False, True], [False, False, False, False]])
+    b = Batch(
+        x, torch.zeros(2, 4, dtype=torch.long), ones, torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.bool), free
+    )
+    assert _motion(TeacherTrainConfig(), b) is None
+    every = _motion(TeacherTrainConfig(motion_weight=2.0), b)
+    only = _motion(TeacherTrainConfig(motion_weight=2.0, motion_frames="free"), b)
+    assert every is not None and only is not None
+    assert torch.equal(only[0, 1], every[0, 1]) and torch.equal(only[0, 3], every[0, 3])
+    assert torch.equal(only[0, 2], torch.ones_like(only[0, 2])) and torch.equal(only[1], torch.ones_like(only[1]))
+    assert not torch.equal(every[1], torch.ones_like(every[1]))
