@@ -61,7 +61,9 @@ class TeacherTrainConfig:
     """Where ``motion_weight`` applies: ``all`` frames, or only ``free`` ones (frames that follow a
     free action, :attr:`worldsim.data.Episode.free`: a random push's own effect); the others keep
     the plain mean. On CartPole the weight on every frame sharpened the pushes and made the
-    upright pole in the bot's balanced play drift (PSNR @10 -4 dB, the card's 2026-12-07 section)."""
+    upright pole in the bot's balanced play drift (PSNR @10 -4 dB, the card's 2026-12-07 section);
+    on free frames only it timed more episode ends in a third of the steps and still cost 3-4 dB at
+    weights 0.5-2 (the card's 2026-12-09 section)."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
