@@ -165,6 +165,17 @@ def conditioned(cfg: SelfForcingConfig, b: Batch) -> Batch:
     return dataclasses.replace(b, has_action=b.has_action & b.free)
 
 
+def _warn_confounder(cfg: SelfForcingConfig, sampler: ClipSampler) -> None:
+    """The rollout loss on a bot's recording with the bot's actions conditioned learns the bot."""
+    if cfg.rollout_weight > 0 and cfg.policy_actions == "condition" and sampler.free_share() < 1:
+        log.warning(
+            "self_forcing.rollout_weight with policy_actions=condition on a recording where %.0f%% of the actions "
+            "are the bot's own: the rollout loss can learn the bot's choices as the actions' effect; "
+            "set self_forcing.policy_actions=null",
+            100 * (1 - sampler.free_share()),
+        )
+
+
 def _student_loss(
     cfg: SelfForcingConfig,
     gen: torch.Tensor,
@@ -251,13 +262,7 @@ def train_self_forcing(
     mode: str = "self",
     compile_model: bool = False,
 ) -> dict[str, float]:
-    if cfg.rollout_weight > 0 and cfg.policy_actions == "condition" and sampler.free_share() < 1:
-        log.warning(
-            "self_forcing.rollout_weight with policy_actions=condition on a recording where %.0f%% of the actions "
-            "are the bot's own: the rollout loss can learn the bot's choices as the actions' effect; "
-            "set self_forcing.policy_actions=null",
-            100 * (1 - sampler.free_share()),
-        )
+    _warn_confounder(cfg, sampler)
     student = world.denoiser
     teacher = teacher_world.denoiser.eval().requires_grad_(False)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
