@@ -62,6 +62,22 @@ class Batch:
         return Batch(x, a, h, r, t, None if self.free is None else self.free.to(device))
 
 
+POLICY_ACTIONS = ("condition", "null")
+"""What a stage does with the recording policy's own (not free) actions: condition on them, or
+replace them by the null action (``teacher.policy_actions``, ``self_forcing.policy_actions``)."""
+
+
+def conditioned_on(b: Batch, policy_actions: str) -> torch.Tensor:
+    """(B, T) bool: the frames whose action the model is given. ``null``: only free actions (the
+    policy's own become the null action); ``condition``: every recorded one. Frames stay valid
+    either way (``has_action`` still marks them)."""
+    if policy_actions not in POLICY_ACTIONS:
+        raise ValueError(f"policy_actions is 'condition' or 'null', got {policy_actions!r}")
+    if policy_actions == "null" and b.free is not None:
+        return b.has_action & b.free
+    return b.has_action
+
+
 def align(ep: object, spec: ActionSpec) -> AlignedEpisode:
     """Per-frame alignment of a recorded ``worldsim.data.Episode``."""
     frames = np.asarray(ep.frames)  # type: ignore[attr-defined]

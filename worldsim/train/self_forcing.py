@@ -41,7 +41,7 @@ from worldsim.engine.sampler import commit_context, commit_frame, denoise_frame
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.compile import TrainForward
-from worldsim.train.data import Batch, ClipSampler
+from worldsim.train.data import POLICY_ACTIONS, Batch, ClipSampler, conditioned_on
 from worldsim.train.loop import Checkpointer, Dist, RunLog, ema_update, sync_grads
 from worldsim.train.losses import add_noise, dmd_loss, flow_loss, frame_mse, head_loss, motion_weight, x0_from_v
 
@@ -102,7 +102,7 @@ class SelfForcingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.policy_actions not in ("condition", "null"):
+        if self.policy_actions not in POLICY_ACTIONS:
             raise ValueError(f"self_forcing.policy_actions must be 'condition' or 'null', got {self.policy_actions!r}")
         if self.dmd_weight <= 0 and self.rollout_weight <= 0:
             raise ValueError("self_forcing: dmd_weight and rollout_weight are both 0, so nothing trains; set one > 0")
@@ -160,9 +160,8 @@ def _score_inputs(
 def conditioned(cfg: SelfForcingConfig, b: Batch) -> Batch:
     """``b`` as the student rolls it out: with ``policy_actions = "null"`` the recording policy's
     own actions (not free) are the null action (``has_action`` False); frames stay valid."""
-    if cfg.policy_actions == "condition" or b.free is None:
-        return b
-    return dataclasses.replace(b, has_action=b.has_action & b.free)
+    mask = conditioned_on(b, cfg.policy_actions)
+    return b if mask is b.has_action else dataclasses.replace(b, has_action=mask)
 
 
 def _warn_confounder(cfg: SelfForcingConfig, sampler: ClipSampler) -> None:

@@ -19,7 +19,7 @@ import torch
 from worldsim.data.diagnostic import MIN_FREE_SHARE
 from worldsim.engine.world import WorldModel
 from worldsim.train.compile import TrainForward
-from worldsim.train.data import Batch, ClipSampler
+from worldsim.train.data import POLICY_ACTIONS, Batch, ClipSampler, conditioned_on
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
 from worldsim.train.losses import add_noise, bcast, flow_loss, head_loss, motion_weight
 
@@ -109,7 +109,7 @@ def train_teacher(
     resume: bool = False,
     compile_model: bool = False,
 ) -> dict[str, float]:
-    if cfg.policy_actions not in ("condition", "null"):
+    if cfg.policy_actions not in POLICY_ACTIONS:
         raise ValueError(f"teacher.policy_actions is 'condition' or 'null', got {cfg.policy_actions!r}")
     if cfg.motion_frames not in ("all", "free"):
         raise ValueError(f"teacher.motion_frames is 'all' or 'free', got {cfg.motion_frames!r}")
@@ -137,9 +137,7 @@ def train_teacher(
         eps = torch.randn_like(b.x)
         xt = add_noise(b.x, t, eps)
         drop = torch.rand(B, 1, device=device) < cfg.action_dropout
-        cond = b.has_action & ~drop
-        if cfg.policy_actions == "null" and b.free is not None:
-            cond = cond & b.free
+        cond = conditioned_on(b, cfg.policy_actions) & ~drop
         out = forward(xt, t, b.action, cond)
         fl = flow_loss(out.v, b.x, eps, t > 0, _motion(cfg, b))
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
