@@ -28,6 +28,14 @@ What it costs in prediction and control is a question for ``worldsim eval``; a `
 entry records the change (and the trained window, which bounds later changes)::
 
     worldsim sampler envs/cartpole/cartpole.safetensors --cache-window 3 --out cartpole-w3.safetensors
+
+``--term-threshold P`` sets the termination probability above which a frame ends the episode
+(``WorldConfig.term_threshold``, 0.5 unless changed; every step reports the probability as
+``StepResult.p_terminated``). Lower ends episodes sooner; measure it with ``worldsim eval`` first
+(CartPole at 0.4: the ends timed 77.1% of 800 against 76.4% at 0.5, its card). A ``threshold``
+provenance entry records the change::
+
+    worldsim sampler envs/cartpole/cartpole.safetensors --term-threshold 0.4 --out cartpole-t40.safetensors
 """
 
 from __future__ import annotations
@@ -73,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="past frames in the rolling KV cache (at most the trained window; fewer = a cheaper frame)",
     )
+    parser.add_argument(
+        "--term-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="termination probability above which a frame ends the episode (0 < P < 1)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,11 +97,13 @@ def main(args: argparse.Namespace) -> int:
     old = config.sampler
     context = getattr(args, "context_frames", None)
     window = getattr(args, "cache_window", None)
-    if not args.sets and context is None and window is None:
+    threshold = getattr(args, "term_threshold", None)
+    if not args.sets and context is None and window is None and threshold is None:
         shown = {
             **dataclasses.asdict(old),
             "context_frames": config.context_frames,
             "cache_window": config.cache.window,
+            "term_threshold": config.term_threshold,
         }
         print(json.dumps(shown, indent=2))
         return 0
@@ -96,6 +113,15 @@ def main(args: argparse.Namespace) -> int:
         provenance[ckpt.provenance_key(provenance, "context")] = _set_context(args, config, tensors, context)
     if window is not None:
         provenance[ckpt.provenance_key(provenance, "cache")] = _set_window(config, provenance, window)
+    if threshold is not None:
+        if not 0.0 < threshold < 1.0:
+            raise SystemExit(f"--term-threshold {threshold}: must be strictly between 0 and 1 (a probability)")
+        provenance[ckpt.provenance_key(provenance, "threshold")] = {
+            "from": config.term_threshold,
+            "to": threshold,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        config.term_threshold = threshold
     if args.sets:
         config.sampler = new
         provenance[ckpt.provenance_key(provenance, "sampler")] = {
@@ -109,11 +135,12 @@ def main(args: argparse.Namespace) -> int:
     before = dataclasses.asdict(old)
     changed = {k: v for k, v in dataclasses.asdict(new).items() if before[k] != v}
     log.info(
-        "wrote %s with sampler %s, context %d frames, cache window %d",
+        "wrote %s with sampler %s, context %d frames, cache window %d, end threshold %.3g",
         out,
         json.dumps(changed),
         config.context_frames,
         config.cache.window,
+        config.term_threshold,
     )
     return 0
 

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 class StepResult:
     frames: np.ndarray  # (B, 64, 64, 3) uint8
     rewards: np.ndarray  # (B,) float32
-    terminated: np.ndarray  # (B,) bool
+    terminated: np.ndarray  # (B,) bool: p_terminated > the world's ``term_threshold``
     latency_ms: float  # wall time of the whole batched step, decode included
+    p_terminated: np.ndarray  # (B,) float32: the termination head's probability that the frame ends the episode
 
 
 STEP_CHUNK = 16
@@ -214,6 +215,7 @@ class Session:
             rewards=rewards.astype(np.float32),
             terminated=p_term > self.world.config.term_threshold,
             latency_ms=(time.perf_counter() - t0) * 1e3,
+            p_terminated=p_term.astype(np.float32),
         )
 
     def _step_rows(self, idx: list[int], a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

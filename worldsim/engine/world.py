@@ -48,7 +48,8 @@ class WorldConfig:
     context_frames: int = 2
     """Real frames a session starts from (reset)."""
     term_threshold: float = 0.5
-    """Predicted termination probability above which a frame ends the episode."""
+    """Predicted termination probability above which a frame ends the episode (``worldsim sampler
+    --term-threshold`` changes it on a file; ``StepResult.p_terminated`` is the probability)."""
     frameskip: int = 1
     """Real-game steps one world frame covers (from the recording's manifest)."""
     controls: dict[str, Any] = field(default_factory=dict)

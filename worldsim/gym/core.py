@@ -162,11 +162,12 @@ class StepCore:
         live = np.setdiff1d(np.arange(self.num_envs), restart)
         n, (h, w) = self.num_envs, self.session.frames.shape[1:3]
         frames, rewards = np.zeros((n, h, w, 3), np.uint8), np.zeros(n, np.float32)
-        terminated = np.zeros(n, bool)
+        terminated, p_term = np.zeros(n, bool), np.zeros(n, np.float32)
         if live.size:
             out = self.session.step(actions[live], rows=live.tolist())
             frames[live], rewards[live], terminated[live] = out.frames, out.rewards, out.terminated
-        return StepResult(frames=frames, rewards=rewards, terminated=terminated, latency_ms=0.0)
+            p_term[live] = out.p_terminated
+        return StepResult(frames=frames, rewards=rewards, terminated=terminated, latency_ms=0.0, p_terminated=p_term)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One batched engine call for all rows, with autoreset; ``actions`` canonical (see ``validate``).
