@@ -98,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
     context = getattr(args, "context_frames", None)
     window = getattr(args, "cache_window", None)
     threshold = getattr(args, "term_threshold", None)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise SystemExit(f"--term-threshold {threshold}: must be strictly between 0 and 1 (a probability)")
     if not args.sets and context is None and window is None and threshold is None:
         shown = {
             **dataclasses.asdict(old),
@@ -114,8 +116,6 @@ def main(args: argparse.Namespace) -> int:
     if window is not None:
         provenance[ckpt.provenance_key(provenance, "cache")] = _set_window(config, provenance, window)
     if threshold is not None:
-        if not 0.0 < threshold < 1.0:
-            raise SystemExit(f"--term-threshold {threshold}: must be strictly between 0 and 1 (a probability)")
         provenance[ckpt.provenance_key(provenance, "threshold")] = {
             "from": config.term_threshold,
             "to": threshold,
