@@ -180,8 +180,10 @@ def test_closed_loop_real_game_as_the_world_and_a_deaf_world(cartpole, tiny_worl
     )
     assert again.real_full == 4 and again.world_full == 4 and again.length_ratio == 1.0
     down = real_closed_loop(real, resets, wrong, reader, frames=40)
-    fell = closed_loop_fidelity("wrong-way", down, world_ends(down, None, None)[2])
+    head, _, either = world_ends(down, None, None)
+    fell = closed_loop_fidelity("wrong-way", down, either, head)
     assert fell.real_lengths == fell.world_lengths and max(fell.real_lengths) < 15
+    assert fell.world_by_head == fell.episodes - fell.world_full == 4  # no bounds rule: every end is the head's
     # A "world" that ignores the controller (always pushes left) fails the balancing controller.
     deaf = real_closed_loop(real, resets, lambda s: np.zeros(len(s), np.int64), reader, frames=40)
     bad = closed_loop_fidelity("balance", up, world_ends(deaf, reader, done)[2])

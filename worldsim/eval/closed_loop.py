@@ -14,7 +14,9 @@ read off each side's own frames with the same reader, and the episode lengths ar
   that does not fall then has learned "controller actions mean balance", not the game.
 
 The world's episode ends where its termination head fires or the read state crosses the game's
-bounds (as for random actions, :func:`worldsim.eval.fidelity.world_ends`).
+bounds (as for random actions, :func:`worldsim.eval.fidelity.world_ends`); the report says which
+ended how many (a head that fires while the pole is still up is a different fault from a pole
+that falls).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class ClosedLoopFidelity:
     real_full: int  # episodes that lasted the whole run in the real game
     world_full: int
     length_ratio: float  # median world / median real
+    world_by_head: int = 0
+    """World episodes that ended where its termination head fired (first, or with the bounds); the
+    other ended ones ended where the state read off its frames crossed the game's bounds first."""
 
 
 def _decide(
@@ -102,8 +107,11 @@ def world_closed_loop(
     return Branches(out, term)
 
 
-def closed_loop_fidelity(name: str, real: Branches, world_end: np.ndarray) -> ClosedLoopFidelity:
-    """Episode lengths from the real runs and the world's first end (1-based, 0 = none; see ``world_ends``)."""
+def closed_loop_fidelity(
+    name: str, real: Branches, world_end: np.ndarray, head_end: np.ndarray | None = None
+) -> ClosedLoopFidelity:
+    """Episode lengths from the real runs and the world's first end (1-based, 0 = none; see ``world_ends``);
+    with ``head_end`` (the head's first end alone), how many of the world's ends were the head's."""
     T = real.terminated.shape[1]
     real_end = first_true(real.terminated)
     real_len = np.where(real_end > 0, real_end, T)
@@ -120,4 +128,5 @@ def closed_loop_fidelity(name: str, real: Branches, world_end: np.ndarray) -> Cl
         int((real_end == 0).sum()),
         int((world_end == 0).sum()),
         med_w / med_r if med_r > 0 else float("nan"),
+        int(((world_end > 0) & (head_end == world_end)).sum()) if head_end is not None else 0,
     )

@@ -291,7 +291,8 @@ def _closed_loop(
             bar.update(len(starts))
             world_b = world_closed_loop(w, starts, ctl, game.reader, c.closed_loop_frames, seed=c.seed)
             bar.update(len(starts))
-        out[name] = closed_loop_fidelity(name, real_b, world_ends(world_b, game.reader, game.state_done)[2])
+        head, _, either = world_ends(world_b, game.reader, game.state_done)
+        out[name] = closed_loop_fidelity(name, real_b, either, head)
         log.info(
             "closed loop %s: median episode length real %.0f, world %.0f",
             name,

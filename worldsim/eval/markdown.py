@@ -365,13 +365,15 @@ def _closed_loop_table(name: str, loops: dict[str, ClosedLoopFidelity]) -> list[
         f"#### {name}: closed loop (a controller acting on the state read off each side's own frames)",
         "",
         "| controller | episodes | real: length quartiles | real: full runs | world: length quartiles | world: full runs "
-        "| median world / real |",
-        "|---|---|---|---|---|---|---|",
+        "| world: ended by head / by bounds | median world / real |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in loops.values():
+        ended = c.episodes - c.world_full
         lines.append(
             f"| {c.controller} | {c.episodes} | {q(c.real_lengths)} | {c.real_full} of {c.episodes} "
-            f"| {q(c.world_lengths)} | {c.world_full} of {c.episodes} | {_fmt(c.length_ratio)} |"
+            f"| {q(c.world_lengths)} | {c.world_full} of {c.episodes} | {c.world_by_head} / {ended - c.world_by_head} "
+            f"| {_fmt(c.length_ratio)} |"
         )
     return [*lines, f"(runs of up to {next(iter(loops.values())).frames} frames)", ""]
 
