@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("worldsim.eval.cli", "compare world checkpoints against the real game"),
     "sampler": ("worldsim.sampler_cli", "show a world file's sampler, or bake new values in (guidance, steps)"),
     "blend": ("worldsim.blend_cli", "average the denoisers of two fine-tunes of one world (weight interpolation)"),
+    "grow": ("worldsim.grow_cli", "a deeper world that starts as the same function (new blocks gated off)"),
     "bench": ("worldsim.bench", "measure frames/s, latency, memory and FLOPs"),
     "play": ("worldsim.play", "play a world with the keyboard in a pygame window"),
     "serve": ("worldsim.serve.cli", "serve worlds over gRPC"),
