@@ -3,8 +3,8 @@
 Training a bigger world from scratch costs hours on a CPU; growing a trained one keeps what it
 knows. New transformer blocks are inserted at even intervals, each a copy of the block before it
 with its residual gates zeroed (the rows of its adaLN-Zero ``ada`` layer that produce the
-attention and MLP gates): a gated-off block adds nothing, so the grown world makes the same
-frames as the original (to float rounding), and the copy's weights give the gates a useful
+attention and MLP gates): a gated-off block adds exactly zero, so the grown world makes the same
+frames as the original, bit for bit, and the copy's weights give the gates a useful
 gradient from the first step of a fine-tune (LLaMA Pro's block expansion; DiT's adaLN-Zero init)::
 
     worldsim grow envs/cartpole/cartpole.safetensors --depth 8 --out grown.safetensors
