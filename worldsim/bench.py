@@ -440,7 +440,8 @@ def print_table(r: dict[str, Any]) -> None:
         for k, v in r["grpc"].items():
             print(
                 f"gRPC {k}: in-process {v['in_process']['frames_per_s']:.0f} f/s (p50 {v['in_process']['p50_ms']:.1f} ms), "
-                f"loopback {v['grpc']['frames_per_s']:.0f} f/s (p50 {v['grpc']['p50_ms']:.1f} ms, p99 {v['grpc']['p99_ms']:.1f}), "
+                f"loopback {v['grpc']['frames_per_s']:.0f} f/s (p50 {v['grpc']['p50_ms']:.1f} ms, of it "
+                f"{v['grpc'].get('server_p50_ms', float('nan')):.1f} in the server; p99 {v['grpc']['p99_ms']:.1f}), "
                 f"{v['throughput_ratio']:.0%} of in-process (median of {len(v.get('round_ratios', [0]))} side-by-side "
                 "pairs), clients in " + ("their own process" if v.get("client_process") else "the server's process")
             )
