@@ -33,44 +33,33 @@ def executor_hop() -> None:
     asyncio.run(main())
 
 
-def raw_wakes() -> None:
-    ev, ts, d = threading.Event(), [], []
+def median_wake(signal, wait, n: int = 200) -> float:
+    """ms from ``signal()`` on a thread that slept 10 ms to the end of ``wait()`` here."""
+    ts, d = [], []
 
-    def setter() -> None:
-        for _ in range(200):
+    def signaller() -> None:
+        for _ in range(n):
             time.sleep(0.01)
             ts.append(time.perf_counter())
-            ev.set()
+            signal()
             time.sleep(0.002)
 
-    th = threading.Thread(target=setter)
+    th = threading.Thread(target=signaller)
     th.start()
-    for _ in range(200):
-        ev.wait()
+    for _ in range(n):
+        wait()
         d.append(time.perf_counter() - ts[-1])
-        ev.clear()
     th.join()
-    print(f"threading.Event wake {np.median(d) * 1e3:.3f} ms")
+    return float(np.median(d)) * 1e3
+
+
+def raw_wakes() -> None:
+    ev = threading.Event()
+    print(f"threading.Event wake {median_wake(ev.set, lambda: (ev.wait(), ev.clear())):.3f} ms")
     r, w = os.pipe()
     ep = select.epoll()
     ep.register(r, select.EPOLLIN)
-    ts, d = [], []
-
-    def writer() -> None:
-        for _ in range(200):
-            time.sleep(0.01)
-            ts.append(time.perf_counter())
-            os.write(w, b"x")
-            time.sleep(0.002)
-
-    th = threading.Thread(target=writer)
-    th.start()
-    for _ in range(200):
-        ep.poll()
-        d.append(time.perf_counter() - ts[-1])
-        os.read(r, 1)
-    th.join()
-    print(f"pipe + epoll wake {np.median(d) * 1e3:.3f} ms")
+    print(f"pipe + epoll wake {median_wake(lambda: os.write(w, b'x'), lambda: (ep.poll(), os.read(r, 1))):.3f} ms")
 
 
 if __name__ == "__main__":
