@@ -2,6 +2,7 @@
 long until the waiting side runs. (1) asyncio's run_in_executor round trip, each way; (2) a
 threading.Event; (3) a pipe watched by epoll (what an asyncio loop waits on).
 usage: python wake.py"""
+
 import asyncio
 import os
 import select
@@ -28,7 +29,9 @@ def executor_hop() -> None:
             s0, s1 = await loop.run_in_executor(ex, work)
             there.append(s0 - t0)
             back.append(time.perf_counter() - s1)
-        print(f"run_in_executor: loop -> thread {np.median(there) * 1e3:.3f} ms, thread -> loop {np.median(back) * 1e3:.3f} ms")
+        print(
+            f"run_in_executor: loop -> thread {np.median(there) * 1e3:.3f} ms, thread -> loop {np.median(back) * 1e3:.3f} ms"
+        )
 
     asyncio.run(main())
 
