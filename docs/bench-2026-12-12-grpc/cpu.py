@@ -1,5 +1,7 @@
 """Server-process CPU per Play frame, engine step replaced by a 10 ms sleep (no torch).
-usage: python cpu.py [N_STEPS]; prints server CPU ms/frame, client CPU ms/frame, rtt p50."""
+usage: python cpu.py [N_STEPS]; prints server CPU ms/frame, client CPU ms/frame, rtt p50.
+Run from the repo root. VARIANT=rw (Play on context.read/write), noguard (RequestGuard bypassed) or
+rw,noguard; PROF=1 profiles the server's event loop, CPROF=1 the client's main thread."""
 
 import json
 import os

@@ -1,5 +1,6 @@
 """Per-frame timeline of one Play stream, step = 10 ms sleep: client send -> server _step entry -> engine start -> engine end -> _step exit -> client recv.
-perf_counter is CLOCK_MONOTONIC, comparable across processes."""
+perf_counter is CLOCK_MONOTONIC, comparable across processes. Run from the repo root.
+FAST=1: a lone session steps without the batcher task (the idea tried and not adopted)."""
 
 import json
 import os
