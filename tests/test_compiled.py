@@ -22,9 +22,11 @@ from worldsim.engine.world import WorldModel
 from worldsim.testing import tiny_world
 
 
-def _world(compile: bool, guidance: float = 1.0, guidance_steps: int | None = None) -> WorldModel:
+def _world(compile: bool, guidance: float = 1.0, guidance_steps: int | None = None, history: float = 0.0) -> WorldModel:
     w = tiny_world()
-    w.config.sampler = dataclasses.replace(w.config.sampler, guidance_scale=guidance, guidance_steps=guidance_steps)
+    w.config.sampler = dataclasses.replace(
+        w.config.sampler, guidance_scale=guidance, guidance_steps=guidance_steps, history_guidance=history
+    )
     return w.to_runtime(torch.device("cpu"), torch.float32, compile=compile)
 
 
@@ -53,12 +55,16 @@ def _assert_close(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("batch", "guidance", "steps", "reset_at"), [(1, 1.0, None, None), (3, 2.0, None, 7), (3, 2.0, 1, 7)]
+    ("batch", "guidance", "steps", "reset_at", "history"),
+    [(1, 1.0, None, None, 0.0), (3, 2.0, None, 7, 0.0), (3, 2.0, 1, 7, 0.0), (3, 2.0, 1, 7, 1.0)],
 )
-def test_compiled_step_matches_eager(batch: int, guidance: float, steps: int | None, reset_at: int | None) -> None:
-    """``steps``: guidance on the first denoising step only (the later ones read half the cache rows)."""
-    eager = _rollout(_world(False, guidance, steps), batch, 12, reset_at)
-    world = _world(True, guidance, steps)
+def test_compiled_step_matches_eager(
+    batch: int, guidance: float, steps: int | None, reset_at: int | None, history: float
+) -> None:
+    """``steps``: guidance on the first denoising step only (the later ones read half the cache rows);
+    ``history``: history guidance (its short passes run over a one-slot cache)."""
+    eager = _rollout(_world(False, guidance, steps, history), batch, 12, reset_at)
+    world = _world(True, guidance, steps, history)
     fast = _rollout(world, batch, 12, reset_at)
     assert world.compiled is not None and world.compiled.active, "torch.compile fell back to eager"
     _assert_close(fast, eager)
@@ -110,6 +116,8 @@ def test_cache_pass_sets_the_passes_per_frame(cache_pass: str, passes: int) -> N
     world = _world(False)
     world.config.sampler = world.config.sampler.with_overrides([f"cache_pass={cache_pass}"])
     assert world.config.sampler.passes_per_frame == passes
+    history = world.config.sampler.with_overrides(["history_guidance=1.0", "guidance_steps=1"])
+    assert history.passes_per_frame == passes + 2  # a short pass and the last frame's commit
     calls = []
     forward_kv = world.denoiser.forward_kv
 

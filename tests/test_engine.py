@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -322,6 +323,53 @@ def test_guidance_on_the_first_steps_only() -> None:
         with torch.no_grad():
             x0.append(denoise(make(cache), acts[:, K:], has, noise, [1.0, 0.75, 0.5, 0.25], [3.0, 3.0, 1.0, 1.0]).x0)
     torch.testing.assert_close(x0[0], x0[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_history_guidance_short_pass_sees_the_last_frame_alone(guidance: float) -> None:
+    """History guidance's short pass is the model on [the last frame alone, as an episode's first
+    frame, the new frame]: a two-frame block-causal forward gives the same velocity. Scale 0
+    changes no byte (no extra pass); another scale changes the frames; bad scales are refused."""
+    from worldsim.engine.compiled import eager_forward_kv
+    from worldsim.engine.sampler import kv_passes
+
+    assert SamplerConfig(guidance_steps=1, history_guidance=0.5).step_history_guidance() == [0.5, 0, 0, 0]
+    assert SamplerConfig(history_guidance=1.0).step_history_guidance() == [1.0] * 4
+    with pytest.raises(ValueError, match="history_guidance"):
+        SamplerConfig(history_guidance=float("nan"))
+
+    base = SamplerConfig(guidance_scale=guidance, guidance_steps=1)
+    world = tiny_world(sampler=dataclasses.replace(base, history_guidance=1.0))
+    s = world.session(2, seed=0)
+    s.reset()
+    s.step([0, 1])
+    m, B = world.denoiser, 2
+    last = torch.as_tensor(s.frames)
+    x = torch.randn(B, 1, *world.codec.encode(last).shape[1:])
+    t, a = torch.full((B, 1), 0.75), torch.as_tensor([[1], [0]])
+    with torch.inference_mode():
+        short = s._last_frame_passes(eager_forward_kv(m), last)(x, t, a, torch.ones(B, 1, dtype=torch.bool), False).v
+        ref = m(
+            torch.cat([world.codec.encode(last)[:, None], x], 1),
+            torch.cat([torch.zeros(B, 1), t], 1),
+            torch.cat([torch.as_tensor(world.action_spec.null(B))[:, None], a], 1),
+            torch.tensor([[False, True]] * B),
+        ).v[:, -1:]
+    # The engine's eager pass differs from the model's forward by ~1e-4 here (its attention
+    # kernel); the whole history moves the velocity by ~2e-2.
+    torch.testing.assert_close(short, ref, atol=1e-3, rtol=0)
+    full = kv_passes(eager_forward_kv(m), s.cache.gather([0, 2] if guidance != 1.0 else [0, 1]))
+    with torch.inference_mode():
+        assert (full(x, t, a, torch.ones(B, 1, dtype=torch.bool), False).v - ref).abs().max() > 1e-2
+
+    def rollout(sampler: SamplerConfig) -> np.ndarray:
+        s = tiny_world(sampler=sampler).session(2, seed=0)
+        s.reset()
+        return np.stack([s.step([i % 2, 1]).frames for i in range(8)])
+
+    off = rollout(base)
+    assert np.array_equal(rollout(dataclasses.replace(base, history_guidance=0.0)), off)
+    assert not np.array_equal(rollout(dataclasses.replace(base, history_guidance=4.0)), off)
 
 
 def test_eta_mixes_fresh_and_implied_noise(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from worldsim.engine.cache import KVCache, MaskPolicy
+from worldsim.engine.cache import CacheConfig, KVCache, MaskPolicy
 from worldsim.engine.compiled import eager_forward_kv
 from worldsim.engine.graphs import GraphedStep
 from worldsim.engine.sampler import cache_rows, commit, commit_context, denoise, kv_passes
@@ -66,6 +66,7 @@ class Session:
         self.schedule = cfg.sampler.schedule()
         self.step_guidance = cfg.sampler.step_guidance()
         self.eta = float(cfg.sampler.eta)
+        self.history_guidance = cfg.sampler.step_history_guidance()
         self.guided = cfg.sampler.guided
         rows = len(cache_rows(range(batch), self.guided))
         self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
@@ -77,10 +78,14 @@ class Session:
         # Frames in each row's history (context + generated), mirrored on the host so the
         # graphed step knows without a device sync whether every cache slot is filled.
         self._history = np.zeros(batch, dtype=np.int64)
-        if cuda_graphs is None:
-            cuda_graphs = world.device.type == "cuda"
+        if cuda_graphs is None:  # history guidance's short passes are not captured (yet)
+            cuda_graphs = world.device.type == "cuda" and not any(self.history_guidance)
         if cuda_graphs and world.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, the world is on {world.device}")
+        if cuda_graphs and any(self.history_guidance):
+            raise ValueError(
+                "sampler.history_guidance runs eager or compiled, not in CUDA graphs: pass cuda_graphs=False"
+            )
         self.cuda_graphs = cuda_graphs
         self.step_chunk = STEP_CHUNK
         self._graphed: GraphedStep | None = None
@@ -235,8 +240,21 @@ class Session:
         self._history[idx] += 1
         return frames.copy(), rewards, p_term
 
+    def _last_frame_passes(self, forward_kv: Any, last: torch.Tensor) -> Any:
+        """History guidance's short passes: a one-slot cache holding each row's last frame alone
+        (``last`` (n, H, W, 3) uint8, encoded again, committed with no action as an episode's first
+        frame is), so a pass over it sees that frame and nothing older."""
+        cfg = self.world.config
+        lat = self.world.codec.encode(last)[:, None].to(self.world.dtype)  # (n, 1, C, h, w)
+        n = lat.shape[0]
+        short = KVCache(cfg.denoiser, CacheConfig(window=1), n, self.world.device, self.world.dtype)
+        null = torch.as_tensor(self.world.action_spec.null(n), device=self.world.device).unsqueeze(1)
+        passes = kv_passes(forward_kv, short, "never")
+        commit(passes, lat, null, torch.zeros(n, 1, dtype=torch.bool, device=lat.device))
+        return passes
+
     def _advance_tensors(
-        self, cache: KVCache, act: torch.Tensor, noise: torch.Tensor, mask: MaskPolicy
+        self, cache: KVCache, act: torch.Tensor, noise: torch.Tensor, mask: MaskPolicy, last: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The device side of a step: denoise, commit to the cache, heads, decode.
 
@@ -251,7 +269,19 @@ class Session:
         decode = compiled.decode if compiled is not None else self.world.codec.decode
         passes = kv_passes(forward_kv, cache, mask)
         last_step = self.world.config.sampler.cache_pass == "last_step"
-        res = denoise(passes, act, has, noise, self.schedule, self.step_guidance, write_last=last_step, eta=self.eta)
+        short = self._last_frame_passes(forward_kv, last) if last is not None else None
+        res = denoise(
+            passes,
+            act,
+            has,
+            noise,
+            self.schedule,
+            self.step_guidance,
+            write_last=last_step,
+            eta=self.eta,
+            history_guidance=self.history_guidance if short is not None else None,
+            short_passes=short,
+        )
         x0 = res.x0
         out = res.heads if res.heads is not None else commit(passes, x0, act, has, guided=self.guided)
         frames = decode(x0[:, 0])  # (n, H, W, 3) uint8
@@ -267,7 +297,8 @@ class Session:
         t0 = time.perf_counter()
         scratch = self.cache.gather(list(range(self.cache.batch)))
         act = torch.as_tensor(self.world.action_spec.null(self.batch), device=self.world.device).unsqueeze(1)
-        self._advance_tensors(scratch, act, self._noise_like(), self._mask(full=False))
+        last = torch.as_tensor(self.frames, device=self.world.device) if any(self.history_guidance) else None
+        self._advance_tensors(scratch, act, self._noise_like(), self._mask(full=False), last)
         return time.perf_counter() - t0
 
     def _noise_like(self) -> torch.Tensor:
@@ -292,7 +323,10 @@ class Session:
                 self._graphed = GraphedStep(self._advance_tensors, self.cache, act, noise)
             out = self._graphed.run(act, noise, full)
         else:
-            out = self._advance_tensors(cache, act, noise, self._mask(full))
+            last = None
+            if any(self.history_guidance):
+                last = torch.as_tensor(self.frames[rows], device=self.world.device)
+            out = self._advance_tensors(cache, act, noise, self._mask(full), last)
         frames, rewards, p_term = (t.cpu().numpy() for t in out)
         if not np.all(np.isfinite(rewards)):
             raise FloatingPointError("the model produced a non-finite reward")
