@@ -261,3 +261,21 @@ def test_end_timing_oracle_example(monkeypatch: pytest.MonkeyPatch) -> None:
     res = mod.run(mod.Args(episodes=12, frames=30), seed=0)
     assert res["true state"] == 1.0
     assert res["fit"] >= 0.75 and res["fit + reset prior"] >= 0.75, res
+
+
+def test_end_timing_spread_example(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/end_timing_spread.py: a world that ends every episode where the real game does has
+    no error of either kind; one whose draws scatter around the real end has only sampling error;
+    and the bundled world's ends over two draws are frames of the episode (or "never")."""
+    mod = load_example("end_timing_spread", monkeypatch)
+    args = mod.Args(episodes=8, frames=20, draws=2)
+    real = np.array([2, 5, 7, 10, 14])
+    mod.report(args, real, np.stack([real, real]))
+    out = capsys.readouterr().out
+    assert "timed per draw 1.000, 1.000" in out and "squared error 0.0 = systematic 0.0 + sampling 0.0" in out
+    mod.report(args, real, np.stack([real - 3, real + 3]))
+    out = capsys.readouterr().out
+    assert "timed per draw 0.000, 0.000" in out and "= systematic 0.0 + sampling 9.0" in out
+    r, w = mod.ends(args)
+    assert w.shape == (2, len(r)) and len(r) > 0
+    assert ((w >= 1) & (w <= args.frames + 1)).all() and ((r >= 1) & (r <= args.frames)).all()
