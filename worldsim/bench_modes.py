@@ -10,7 +10,8 @@
   its guidance, which has the same network) and ``guided-first-step`` (``guidance_steps = 1``:
   the later steps read only the action's rows; scale 2.0, the measured CartPole setting, shipped
   since 2026-12-04) and ``guided-every-step`` (guidance 1.5 on every step, CartPole's sampler
-  until 2026-12-04);
+  until 2026-12-04) and ``history-guided`` (``history_guidance = 1.0`` on the world's guided
+  steps: a short pass and the last frame's commit more; measured, not shipped, 2026-12-13);
 - **first frame**: a fresh process loads the world, opens a session and produces one frame, on
   an empty compile cache (cold) and again on the one it filled (warm).
 """
@@ -38,6 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unguided": {"guidance_scale": 1.0},
     "guided-first-step": {"guidance_scale": 2.0, "guidance_steps": 1},
     "guided-every-step": {"guidance_scale": 1.5, "guidance_steps": None},
+    "history-guided": {"history_guidance": 1.0},
 }
 MODES = ("eager", "compiled")
 
