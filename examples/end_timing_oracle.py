@@ -112,7 +112,7 @@ def codec_round_trip(world_file: str) -> Any:
 
 
 def run(args: Args, seed: int) -> dict[str, float]:
-    from worldsim.eval.control import RealSide, collect_starts, first_true, random_action
+    from worldsim.eval.control import RealSide, first_true, random_actions, random_play_starts
     from worldsim.eval.evaluate import Game
     from worldsim.real import RealGame
     from worldsim.spaces import ActionSpec
@@ -121,11 +121,8 @@ def run(args: Args, seed: int) -> dict[str, float]:
     wd = get_world("cartpole")
     game, spec = Game.from_world(wd), ActionSpec.from_space(wd.make_env().action_space)
     real = RealGame(game.spec, spec, game.true_state)
-    starts = collect_starts(real, args.episodes, args.context, seed=seed + 50_000, prefix=(0, 0))  # as eval's
-    space = spec.to_space()
-    space.seed(seed + 7)
-    acts = np.stack([np.stack([random_action(spec, space) for _ in range(args.frames)]) for _ in starts])
-    acts = acts.reshape(len(starts), args.frames)
+    starts = random_play_starts(real, args.episodes, args.context, seed)  # the eval's episodes
+    acts = random_actions(spec, len(starts), args.frames, seed).reshape(len(starts), args.frames)
     real_end = first_true(RealSide(real).run(starts, acts).terminated)
     phys = Physics(real)
     round_trip = codec_round_trip(args.through_codec) if args.through_codec else None

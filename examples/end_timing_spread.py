@@ -47,7 +47,7 @@ class Args:
 def ends(args: Args) -> tuple[np.ndarray, np.ndarray]:
     """(real ends (M,), world ends (draws, M)) over the M episodes the real game ended."""
     from worldsim.engine.world import WorldModel
-    from worldsim.eval.control import RealSide, WorldSide, collect_starts, first_true, random_action
+    from worldsim.eval.control import RealSide, WorldSide, first_true, random_actions, random_play_starts
     from worldsim.eval.evaluate import Game
     from worldsim.real import RealGame
     from worldsim.spaces import ActionSpec
@@ -57,10 +57,8 @@ def ends(args: Args) -> tuple[np.ndarray, np.ndarray]:
     game, spec = Game.from_world(wd), ActionSpec.from_space(wd.make_env().action_space)
     real = RealGame(game.spec, spec, game.true_state)
     world = WorldModel.load(args.world)
-    starts = collect_starts(real, args.episodes, world.config.context_frames, seed=args.seed + 50_000, prefix=(0, 0))
-    space = spec.to_space()
-    space.seed(args.seed + 7)  # as `worldsim eval`'s random_runs
-    acts = np.stack([np.stack([random_action(spec, space) for _ in range(args.frames)]) for _ in starts])
+    starts = random_play_starts(real, args.episodes, world.config.context_frames, args.seed)  # the eval's episodes
+    acts = random_actions(spec, len(starts), args.frames, args.seed)
     real_end = first_true(RealSide(real).run(starts, acts).terminated)
     draws = []
     for j in range(args.draws):

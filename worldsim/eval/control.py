@@ -223,13 +223,26 @@ def held_runs(world: Side, real: Side, starts: list[StartState], actions: np.nda
     return HeldRuns(starts, actions, real.run(rows, acts), world.run(rows, acts))
 
 
+def random_play_starts(game: RealGame, n: int, context: int, seed: int = 0) -> list[StartState]:
+    """The ``n`` reset states ``worldsim eval --random-episodes n --seed seed`` plays from (the
+    reference scripts in ``examples/`` replay the same episodes through this and
+    :func:`random_actions`)."""
+    return collect_starts(game, n, context, seed=seed + 50_000, prefix=(0, 0))
+
+
+def random_actions(spec: ActionSpec, n: int, frames: int, seed: int = 0) -> np.ndarray:
+    """(n, frames, ...) uniformly random canonical actions: ``worldsim eval --seed seed``'s."""
+    space = spec.to_space()
+    space.seed(seed + 7)
+    return np.stack([np.stack([random_action(spec, space) for _ in range(frames)]) for _ in range(n)])
+
+
 def random_runs(
     world: Side, real: Side, starts: list[StartState], spec: ActionSpec, frames: int, seed: int = 0
 ) -> RandomRuns:
-    """Both sides with one uniformly random action sequence of ``frames`` frames per start."""
-    space = spec.to_space()
-    space.seed(seed)
-    acts = np.stack([np.stack([random_action(spec, space) for _ in range(frames)]) for _ in starts])
+    """Both sides with one uniformly random action sequence of ``frames`` frames per start
+    (:func:`random_actions` with ``seed``)."""
+    acts = random_actions(spec, len(starts), frames, seed)
     return RandomRuns(starts, acts, real.run(starts, acts), world.run(starts, acts))
 
 

@@ -26,7 +26,15 @@ import torch
 from worldsim.engine.world import WorldModel
 from worldsim.eval import stats
 from worldsim.eval.closed_loop import ClosedLoopFidelity, closed_loop_fidelity, real_closed_loop, world_closed_loop
-from worldsim.eval.control import RealSide, WorldSide, collect_starts, held_runs, probe_actions, random_runs
+from worldsim.eval.control import (
+    RealSide,
+    WorldSide,
+    collect_starts,
+    held_runs,
+    probe_actions,
+    random_play_starts,
+    random_runs,
+)
 from worldsim.eval.episodes import EvalEpisode, max_horizon, reference
 from worldsim.eval.fidelity import ControlFidelity, held_fidelity, random_fidelity, targets, world_ends
 from worldsim.eval.results import ControlProbes, EpisodeSet, EvalConfig, EvalResult, ModelInfo
@@ -254,7 +262,7 @@ def _fidelity(ev: EvalResult, worlds: dict[str, WorldModel], game: Game, real: R
     real_side = RealSide(real)
     with _timed(ev, "control fidelity: start states"):
         starts = collect_starts(real, c.control_states, K, seed=c.seed + 1) if c.control_states > 0 else []
-        resets = collect_starts(real, c.random_episodes, K, seed=c.seed + 50_000, prefix=(0, 0))
+        resets = random_play_starts(real, c.random_episodes, K, seed=c.seed)
         n_loop = c.closed_loop_episodes if game.controllers else 0
         loop_starts = collect_starts(real, n_loop, K, seed=c.seed + 70_000, prefix=(0, 0)) if n_loop else []
     if not game.reader:
@@ -269,7 +277,7 @@ def _fidelity(ev: EvalResult, worlds: dict[str, WorldModel], game: Game, real: R
                 runs = held_runs(side, real_side, starts, actions, c.control_frames)
                 fid.held = held_fidelity(runs, game.reader, game.state_names)
             if resets:
-                rr = random_runs(side, real_side, resets, spec, c.random_frames, seed=c.seed + 7)
+                rr = random_runs(side, real_side, resets, spec, c.random_frames, seed=c.seed)
                 fid.random = random_fidelity(rr, game.reader, game.state_done, c.tol)
         if loop_starts and game.reader is not None:
             with _timed(ev, f"closed loop {n}"):
