@@ -48,6 +48,9 @@ def test_bench_tiny_writes_json(tmp_path: Path) -> None:
     ]
     assert all(row["frames_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in r["latency"])
     assert r["flops_per_frame"] > 0 and r["matmul_gflops"] > 0
+    # Each row's share of the matmul rate is against a matmul timed around that row.
+    assert all(row["matmul_gflops_around"] > 0 for row in r["latency"])
+    assert all(("pct_of_matmul" in row) == (row["variant"] == "default") for row in r["latency"])
     assert r["memory"]["all_finite"] == 1.0
     assert set(r["vector_env_steps_per_s"]) == {"1", "16", "64"}
     assert r["grpc"]["clients_5"]["grpc"]["frames_per_s"] > 0

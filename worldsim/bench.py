@@ -7,7 +7,9 @@ Measures, decode included: batch-1 frames/s and p50/p99 latency per frame over `
 frames after ``--warmup``; throughput at larger batches; resident memory at frame 1,000 and at
 frame ``--long-frames`` with the KV cache size; FLOPs per frame (counted by
 ``torch.utils.flop_counter`` on one step) and the achieved GFLOP/s against a 1024^3 matmul in the
-world's dtype measured in the same run (and a fp32 one beside it); where one step's time goes (torch.profiler, by op family). Optional:
+world's dtype measured in the same run (and a fp32 one beside it), per row against the matmul
+timed just before and after that row (a shared VM's matmul rate moved 3x between runs minutes
+apart, 2026-12-13); where one step's time goes (torch.profiler, by op family). Optional:
 VectorEnv steps/s (``--vector``) and gRPC overhead (``--grpc``). Prints a table, writes JSON.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldsim.bench_modes import MODES, VARIANTS, configured, first_frame, parse_list
+from worldsim.bench_modes import MODES, VARIANTS, configured, first_frame, matmul_gflops, parse_list
 from worldsim.engine.world import WorldConfig, WorldModel, parse_dtype
 from worldsim.threads import on_torch_thread
 
@@ -42,18 +44,6 @@ def rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def matmul_gflops(n: int = 1024, reps: int = 20, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def load(
@@ -336,8 +326,10 @@ def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel
                 for b in batches:
                     frames = args.frames if b == 1 else max(10, args.frames // b * 2)
                     log.info("%s %s, batch %d: %d steps", mode, variant, b, frames)
+                    ref = matmul_gflops(dtype=world.dtype, device=device.type, seconds=0.3)
                     row = latency(world, b, frames, args.warmup if b == 1 else max(3, args.warmup // b))
-                    res["latency"].append({"mode": mode, "variant": variant, **row})
+                    ref = (ref + matmul_gflops(dtype=world.dtype, device=device.type, seconds=0.3)) / 2
+                    res["latency"].append({"mode": mode, "variant": variant, **row, "matmul_gflops_around": ref})
     with configured(world, "eager"):
         fl = flops_per_frame(world)  # the counter sees eager ops only; compiling changes no FLOPs
     b1 = max((r for r in res["latency"] if r["batch"] == 1), key=lambda r: r["frames_per_s"], default=None)
@@ -346,6 +338,9 @@ def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel
     best = max((r for r in res["latency"] if r["variant"] == "default"), key=lambda r: r["frames_per_s"])
     res["achieved_gflops_best"] = fl * best["frames_per_s"] / 1e9
     res["pct_of_matmul_best"] = 100 * res["achieved_gflops_best"] / res["matmul_gflops"]
+    for row in res["latency"]:  # against the matmul rate measured just before and after the row
+        if row["variant"] == "default":
+            row["pct_of_matmul"] = 100 * fl * row["frames_per_s"] / 1e9 / row["matmul_gflops_around"]
     with configured(world, modes[-1]):
         res["memory"] = memory_over_rollout(world, args.long_frames)
         if not args.no_profile:
@@ -414,12 +409,20 @@ def print_table(r: dict[str, Any]) -> None:
         f"\nworldsim bench: {r['world']} ({r['params_m']:.2f} M params) on {m['device']} {m['dtype']}, "
         f"{m['threads']} threads, torch {m['torch']}"
     )
-    print(f"{'mode':>9} {'variant':>16} {'batch':>6} {'frames/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'compile s':>10}")
+    print(
+        f"{'mode':>9} {'variant':>16} {'batch':>6} {'frames/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'compile s':>10}"
+        f" {'% matmul':>9}"
+    )
     for row in r["latency"]:
+        pct = f"{row['pct_of_matmul']:>9.0f}" if "pct_of_matmul" in row else f"{'':>9}"
         print(
             f"{row.get('mode', 'eager'):>9} {row.get('variant', 'default'):>16} {row['batch']:>6} "
-            f"{row['frames_per_s']:>10.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row.get('compile_s', 0):>10.1f}"
+            f"{row['frames_per_s']:>10.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row.get('compile_s', 0):>10.1f} {pct}"
         )
+    print(
+        "% matmul: the row's GFLOP/s against a 1024^3 matmul in the world's dtype timed just before and after "
+        "it (0.3 s each; this machine's matmul rate drifts between rows)"
+    )
     print(
         f"FLOPs/frame {r['flops_per_frame'] / 1e6:.0f} M; achieved {r['achieved_gflops_b1']:.1f} GFLOP/s at batch 1, "
         f"{r['achieved_gflops_best']:.1f} best = {r['pct_of_matmul_best']:.0f}% of a 1024^3 matmul in "

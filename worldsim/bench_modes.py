@@ -13,7 +13,8 @@
   until 2026-12-04) and ``history-guided`` (``history_guidance = 1.0`` on the world's guided
   steps: a short pass and the last frame's commit more; measured, not shipped, 2026-12-13);
 - **first frame**: a fresh process loads the world, opens a session and produces one frame, on
-  an empty compile cache (cold) and again on the one it filled (warm).
+  an empty compile cache (cold) and again on the one it filled (warm);
+- the **matmul reference** each row's GFLOP/s is compared with (:func:`matmul_gflops`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+
 from worldsim.engine.compiled import CACHE_ENV, ENV_VAR, Compiled
 from worldsim.engine.world import WorldModel
 
@@ -42,6 +45,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "history-guided": {"history_guidance": 1.0},
 }
 MODES = ("eager", "compiled")
+
+
+def matmul_gflops(
+    n: int = 1024, reps: int = 20, dtype: torch.dtype = torch.float32, device: str = "cpu", seconds: float = 0.0
+) -> float:
+    """GFLOP/s of an n^3 matmul: at least ``reps`` products and at least ``seconds`` of them."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    done, t = 0, time.perf_counter()
+    while done < reps or time.perf_counter() - t < seconds:
+        a @ b
+        done += 1
+        if device == "cuda" and done % 10 == 0:
+            torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * done / (time.perf_counter() - t) / 1e9
 
 
 def parse_list(value: str, allowed: tuple[str, ...] | list[str], flag: str) -> list[str]:
