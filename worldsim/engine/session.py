@@ -20,7 +20,7 @@ import torch
 from worldsim.engine.cache import CacheConfig, KVCache, MaskPolicy
 from worldsim.engine.compiled import eager_forward_kv
 from worldsim.engine.graphs import GraphedStep
-from worldsim.engine.sampler import cache_rows, commit, commit_context, denoise, kv_passes
+from worldsim.engine.sampler import FramePasses, cache_rows, commit, commit_context, denoise, kv_passes
 
 if TYPE_CHECKING:
     from worldsim.engine.world import WorldModel
@@ -240,7 +240,7 @@ class Session:
         self._history[idx] += 1
         return frames.copy(), rewards, p_term
 
-    def _last_frame_passes(self, forward_kv: Any, last: torch.Tensor) -> Any:
+    def _last_frame_passes(self, forward_kv: Any, last: torch.Tensor) -> FramePasses:
         """History guidance's short passes: a one-slot cache holding each row's last frame alone
         (``last`` (n, H, W, 3) uint8, encoded again, committed with no action as an episode's first
         frame is), so a pass over it sees that frame and nothing older."""
