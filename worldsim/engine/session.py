@@ -67,6 +67,7 @@ class Session:
         self.step_guidance = cfg.sampler.step_guidance()
         self.eta = float(cfg.sampler.eta)
         self.history_guidance = cfg.sampler.step_history_guidance()
+        self.history_guided = any(self.history_guidance)  # decided once, not per frame
         self.guided = cfg.sampler.guided
         rows = len(cache_rows(range(batch), self.guided))
         self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
@@ -79,10 +80,10 @@ class Session:
         # graphed step knows without a device sync whether every cache slot is filled.
         self._history = np.zeros(batch, dtype=np.int64)
         if cuda_graphs is None:  # history guidance's short passes are not captured (yet)
-            cuda_graphs = world.device.type == "cuda" and not any(self.history_guidance)
+            cuda_graphs = world.device.type == "cuda" and not self.history_guided
         if cuda_graphs and world.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, the world is on {world.device}")
-        if cuda_graphs and any(self.history_guidance):
+        if cuda_graphs and self.history_guided:
             raise ValueError(
                 "sampler.history_guidance runs eager or compiled, not in CUDA graphs: pass cuda_graphs=False"
             )
@@ -297,7 +298,7 @@ class Session:
         t0 = time.perf_counter()
         scratch = self.cache.gather(list(range(self.cache.batch)))
         act = torch.as_tensor(self.world.action_spec.null(self.batch), device=self.world.device).unsqueeze(1)
-        last = torch.as_tensor(self.frames, device=self.world.device) if any(self.history_guidance) else None
+        last = torch.as_tensor(self.frames, device=self.world.device) if self.history_guided else None
         self._advance_tensors(scratch, act, self._noise_like(), self._mask(full=False), last)
         return time.perf_counter() - t0
 
@@ -324,7 +325,7 @@ class Session:
             out = self._graphed.run(act, noise, full)
         else:
             last = None
-            if any(self.history_guidance):
+            if self.history_guided:
                 last = torch.as_tensor(self.frames[rows], device=self.world.device)
             out = self._advance_tensors(cache, act, noise, self._mask(full), last)
         frames, rewards, p_term = (t.cpu().numpy() for t in out)
