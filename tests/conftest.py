@@ -13,7 +13,7 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 # tests/test_compiled.py turns compilation on explicitly and checks it against eager.
 os.environ.setdefault("WORLDSIM_COMPILE", "0")
 # Worlds run in fp32 unless a test asks for another dtype: the engine's default is bf16 on a CPU
-# with native bf16 (tests/test_engine.py::test_default_dtype_follows_the_hardware checks the rule),
+# with native bf16 (tests/test_dtype.py::test_default_dtype_follows_the_hardware checks the rule),
 # and the suite's tolerances are for fp32 on any CPU.
 os.environ.setdefault("WORLDSIM_DTYPE", "float32")
 # Training stages encode anew instead of writing latents under ~/.cache (tests/test_train_speed.py

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_train import toy_episodes
 
-from worldsim.testing import tiny_world
+from worldsim.testing import tiny_world, toy_episodes
 from worldsim.train.dreams import branch_points, dream_episodes, heads_episodes
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.latents import encode_episodes

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import CPU, FixedSampler, toy_episodes
+from test_train import CPU, FixedSampler
 
-from worldsim.testing import tiny_world
+from worldsim.testing import tiny_world, toy_episodes
 from worldsim.train import latents
 from worldsim.train.compile import TrainForward
 from worldsim.train.data import ClipSampler

@@ -6,7 +6,10 @@ world.save(tmp_path / "tiny.safetensors")  # a real, loadable checkpoint
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,8 +18,44 @@ from worldsim.engine.cache import CacheConfig
 from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldConfig, WorldModel
 from worldsim.model.codec import CodecConfig
-from worldsim.model.denoiser import DenoiserConfig
+from worldsim.model.denoiser import CausalDenoiser, DenoiserConfig
 from worldsim.spaces import ActionSpec
+
+if TYPE_CHECKING:
+    from worldsim.serve.server import BackgroundServer
+    from worldsim.train.data import AlignedEpisode
+
+
+def action_spaces() -> dict[str, Any]:
+    """One gymnasium action space of each kind the SDK takes, by name (tests run every kind)."""
+    import gymnasium as gym
+
+    return {
+        "discrete": gym.spaces.Discrete(3),
+        "multi_discrete": gym.spaces.MultiDiscrete([3, 2]),
+        "multi_binary": gym.spaces.MultiBinary(4),
+        "box": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+    }
+
+
+def tiny_denoiser(kind: str = "discrete", seed: int = 0) -> tuple[CausalDenoiser, ActionSpec]:
+    """A bare 2-block denoiser (4x4x4 latents) for an action space of :func:`action_spaces`, its
+    weights drawn from N(0, 0.1) (adaLN-Zero's init would make the outputs ignore the inputs), in
+    eval mode; and its action spec."""
+    torch.manual_seed(seed)
+    spec = ActionSpec.from_space(action_spaces()[kind])
+    m = CausalDenoiser(DenoiserConfig(latent_channels=4, latent_size=4, dim=32, depth=2, heads=2), spec)
+    for p in m.parameters():
+        p.data.normal_(0, 0.1)
+    return m.eval(), spec
+
+
+def random_actions(spec: ActionSpec, B: int, T: int, seed: int = 0) -> torch.Tensor:
+    """(B, T, ...) valid actions drawn from ``spec``'s space, reproducible from ``seed``."""
+    space = spec.to_space()
+    space.seed(seed)
+    a = np.stack([spec.validate([space.sample() for _ in range(B)]) for _ in range(T)], axis=1)
+    return torch.as_tensor(a)
 
 
 def tiny_config(action_space: Any = None, **world_kwargs: Any) -> WorldConfig:
@@ -86,3 +125,37 @@ def real_episode(world_def: Any, seed: int, steps: int, policy: Any) -> tuple[np
             if done:
                 break
     return np.stack(frames), actions
+
+
+def toy_episodes(n: int = 4, length: int = 24, seed: int = 0) -> list[AlignedEpisode]:
+    """``n`` episodes of a block moved left/right by the actions: a game simple enough for a tiny
+    world to learn in seconds (training tests)."""
+    from worldsim.train.data import AlignedEpisode
+
+    rng = np.random.default_rng(seed)
+    eps = []
+    for _ in range(n):
+        acts = rng.integers(0, 2, length)
+        frames = np.full((length + 1, 64, 64, 3), 255, np.uint8)
+        x = int(rng.integers(10, 50))
+        for i in range(length + 1):
+            frames[i, 28:36, x : x + 8] = (30, 30, 200)
+            if i < length:
+                x = int(np.clip(x + (3 if acts[i] else -3), 0, 56))
+        has = np.ones(length + 1, bool)
+        has[0] = False
+        term = np.zeros(length + 1, bool)
+        term[-1] = True
+        eps.append(AlignedEpisode(frames, np.concatenate([[0], acts]), has, np.ones(length + 1, np.float32), term))
+    return eps
+
+
+@contextmanager
+def serving(path: str | Path, extra: dict[str, WorldModel] | None = None, **cfg: Any) -> Iterator[BackgroundServer]:
+    """The world file ``path`` (served as "tiny") plus ``extra`` worlds, served in this process on
+    127.0.0.1, port 0 (a free one), until the block ends; ``cfg``: ``ServeConfig`` fields."""
+    from worldsim.serve.server import BackgroundServer, ServeConfig
+
+    worlds = {"tiny": WorldModel.load(path, device="cpu"), **(extra or {})}
+    with BackgroundServer(worlds, ServeConfig(port=0, **cfg)) as srv:
+        yield srv
