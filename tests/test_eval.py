@@ -201,6 +201,34 @@ def test_rollout_in_memory(tiny_world) -> None:  # type: ignore[no-untyped-def]
     assert d.stepped.sum(1).tolist() == [4, 4, 2]
 
 
+def test_noise_draws_average_the_runs_of_other_seeds(tiny_world) -> None:  # type: ignore[no-untyped-def]
+    """--noise-draws 2 at seed s scores each episode's rollouts at seeds s + i and s + i + E: its
+    PSNR curve is the mean of two one-draw runs at seeds s and s + E, its episode counts theirs."""
+    import dataclasses
+
+    from worldsim.eval.evaluate import Game, HeldOut, evaluate
+    from worldsim.eval.markdown import rollout_tables
+    from worldsim.eval.results import EvalConfig
+    from worldsim.real import GameSpec
+
+    eps = _episodes([12, 9, 7])
+    game = Game(GameSpec(env_id="CartPole-v1"))
+    # One row a session: the same noise seed gives the same frames bit for bit in every run.
+    cfg = EvalConfig("own", horizon=6, horizons=(1, 6), batch=1, seed=5, control=False, divergence=False)
+    cfg = dataclasses.replace(cfg, control_states=0, random_episodes=0, closed_loop_episodes=0)
+
+    def run(**kw: int):  # type: ignore[no-untyped-def]
+        held = HeldOut(list(eps), tiny_world.action_spec, {})
+        return evaluate(dataclasses.replace(cfg, **kw), {"w": tiny_world}, held, game)
+
+    one, other, both = run(), run(seed=5 + len(eps)), run(noise_draws=2)
+    curve = lambda ev: np.array(ev.scores["w"].curves["psnr"])  # noqa: E731
+    assert not np.array_equal(curve(one), curve(other))  # other noise, other frames: the test can fail
+    np.testing.assert_allclose(curve(both), (curve(one) + curve(other)) / 2, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(both.n_per_horizon, one.n_per_horizon)
+    assert "2 noise draws" in rollout_tables(both)
+
+
 # ---------------------------------------------------------------------------- a recorded data set
 @pytest.fixture(scope="module")
 def cartpole_data(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -182,18 +182,19 @@ def _rollouts(ev: EvalResult, worlds: dict[str, WorldModel], held: HeldOut, game
     held.episodes = eps
     H = _clip_horizon(ev, eps, start)
     ev.start, ev.horizon = start, H
-    ref = reference(eps, start, H, c.tol)
-    ev.n_per_horizon = ref.valid.sum(0)
+    # Each episode c.noise_draws times: rollout() gives row j noise seed c.seed + j (EvalConfig.noise_draws).
+    ref = reference(eps * c.noise_draws, start, H, c.tol)
+    ev.n_per_horizon = ref.valid.sum(0) // c.noise_draws
     S = len(game.state_names)
     read = (lambda f, m: _read(game.reader, f, m, S)) if game.reader is not None else (lambda f, m: None)
     real_state = read(ref.frames, ref.valid)
     ev.filmstrip_frames = [h for h in ev.horizons if h <= int(ref.valid[0].sum())] or [1]
     ev.filmstrip_real = ref.frames[0, [h - 1 for h in ev.filmstrip_frames]]
     buckets = stats.buckets_for(ev.horizons, H)
-    with _bar(len(worlds) * len(eps) * H, "eval rollouts", "frame") as bar:
+    with _bar(len(worlds) * len(eps) * c.noise_draws * H, "eval rollouts", "frame") as bar:
         for n, w in worlds.items():
             with _timed(ev, f"rollout+summary {n}"):
-                gen = rollout(w, eps, H, start=start, seed=c.seed, batch=c.batch, tol=c.tol, progress=bar)
+                gen = rollout(w, eps * c.noise_draws, H, start, c.seed, c.batch, c.tol, progress=bar)
                 ev.scores[n] = stats.summarize(
                     ref, gen, real_state, read(gen.frames, ref.valid), ev.state_names,
                     codec_features(w), ev.horizons, buckets, c.tol,

@@ -79,7 +79,8 @@ def rollout_tables(ev: EvalResult) -> str:
     assert n is not None
     lines = [*summary_table(ev, hs), ""]
     lines += [
-        "### Fidelity and state error at horizon h (mean over episodes)",
+        "### Fidelity and state error at horizon h (mean over episodes"
+        + (f" and {ev.config.noise_draws} noise draws of each)" if ev.config.noise_draws > 1 else ")"),
         "",
         "| metric | model | " + " | ".join(f"h={h}" for h in hs) + " |",
         "|---|---|" + "---|" * len(hs),
