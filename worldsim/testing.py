@@ -2,6 +2,11 @@
 
 world = tiny_world()                       # Discrete(2) actions, 2 context frames
 world.save(tmp_path / "tiny.safetensors")  # a real, loadable checkpoint
+
+Also the small pieces several test files share: one action space of each kind
+(:func:`action_spaces`), a bare denoiser and random actions for it (:func:`tiny_denoiser`,
+:func:`random_actions`), a toy game's episodes to train on (:func:`toy_episodes`) and a world
+file served on a free port (:func:`serving`).
 """
 
 from __future__ import annotations
