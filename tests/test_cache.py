@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from worldsim import compliance
 from worldsim.engine import CacheConfig, KVCache, commit_frame, denoise_frame
 from worldsim.engine.cache import RowState
-from worldsim.testing import action_spaces, random_actions, tiny_denoiser, tiny_world
+from worldsim.testing import random_actions, tiny_denoiser, tiny_world
 
 
-@pytest.mark.parametrize("kind", list(action_spaces()))
+@pytest.mark.parametrize("kind", list(compliance.spaces()))
 def test_causality_frame_and_action(kind: str) -> None:
     """Changing frame t+1 or its action leaves every output for frames <= t unchanged."""
     m, spec = tiny_denoiser(kind)

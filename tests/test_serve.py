@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from worldsim import compliance
 from worldsim.client import (
     Client,
     InvalidAction,
@@ -26,7 +27,7 @@ from worldsim.client import (
     Unsupported,
 )
 from worldsim.engine.sampler import SamplerConfig
-from worldsim.testing import action_spaces, serving, tiny_world
+from worldsim.testing import serving, tiny_world
 from worldsim.wire import encoding as enc
 from worldsim.wire._proto import world_pb2 as pb
 
@@ -177,7 +178,7 @@ def test_sixteen_concurrent_streaming_clients(tiny_world_path: Path) -> None:
 def test_remote_world_passes_env_checker(tiny_world_path: Path) -> None:
     from gymnasium.utils.env_checker import check_env
 
-    with serving(tiny_world_path, {"box": tiny_world(action_spaces()["box"])}) as srv:
+    with serving(tiny_world_path, {"box": tiny_world(compliance.spaces()["box"])}) as srv:
         for name in ("tiny", "box"):
             env = RemoteWorld(srv.address, name, seed=0)
             check_env(env)

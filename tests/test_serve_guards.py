@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from worldsim import compliance
 from worldsim.client import (
     Client,
     EpisodeEnded,
@@ -27,12 +28,12 @@ from worldsim.client import (
     WorldNotFound,
 )
 from worldsim.serve.server import BackgroundServer, ServeConfig
-from worldsim.testing import action_spaces, serving, tiny_world
+from worldsim.testing import serving, tiny_world
 from worldsim.wire._proto import world_pb2 as pb
 
 
 def test_bad_input_gets_its_status_code_and_the_server_keeps_serving(tiny_world_path: Path) -> None:
-    with serving(tiny_world_path, {"box": tiny_world(action_spaces()["box"])}, max_message_bytes=4096) as srv:
+    with serving(tiny_world_path, {"box": tiny_world(compliance.spaces()["box"])}, max_message_bytes=4096) as srv:
         client = Client(srv.address)
         env = RemoteWorld(srv.address, "tiny", seed=0, max_episode_steps=2)
         box = RemoteWorld(srv.address, "box", seed=0)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from worldsim import compliance
 from worldsim.engine import SamplerConfig
 from worldsim.spaces import ActionError, ActionSpec
-from worldsim.testing import action_spaces, tiny_world
+from worldsim.testing import tiny_world
 
 
 def test_determinism_and_row_independence() -> None:
@@ -78,9 +79,9 @@ def test_bad_actions_clear_errors(bad: object, match: str) -> None:
     assert s.step([0, 1]).frames.shape == (2, 64, 64, 3)  # still usable
 
 
-@pytest.mark.parametrize("kind", list(action_spaces()))
+@pytest.mark.parametrize("kind", list(compliance.spaces()))
 def test_all_action_spaces_step(kind: str) -> None:
-    world = tiny_world(action_spaces()[kind])
+    world = tiny_world(compliance.spaces()[kind])
     spec = world.action_spec
     assert ActionSpec.from_json(spec.to_json()) == spec
     s = world.session(2, seed=0)

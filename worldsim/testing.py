@@ -3,10 +3,9 @@
 world = tiny_world()                       # Discrete(2) actions, 2 context frames
 world.save(tmp_path / "tiny.safetensors")  # a real, loadable checkpoint
 
-Also the small pieces several test files share: one action space of each kind
-(:func:`action_spaces`), a bare denoiser and random actions for it (:func:`tiny_denoiser`,
-:func:`random_actions`), a toy game's episodes to train on (:func:`toy_episodes`) and a world
-file served on a free port (:func:`serving`).
+Also the small pieces several test files share: a bare denoiser and random actions for it
+(:func:`tiny_denoiser`, :func:`random_actions`), a toy game's episodes to train on
+(:func:`toy_episodes`) and a world file served on a free port (:func:`serving`).
 """
 
 from __future__ import annotations
@@ -31,24 +30,14 @@ if TYPE_CHECKING:
     from worldsim.train.data import AlignedEpisode
 
 
-def action_spaces() -> dict[str, Any]:
-    """One gymnasium action space of each kind the SDK takes, by name (tests run every kind)."""
-    import gymnasium as gym
-
-    return {
-        "discrete": gym.spaces.Discrete(3),
-        "multi_discrete": gym.spaces.MultiDiscrete([3, 2]),
-        "multi_binary": gym.spaces.MultiBinary(4),
-        "box": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
-    }
-
-
 def tiny_denoiser(kind: str = "discrete", seed: int = 0) -> tuple[CausalDenoiser, ActionSpec]:
-    """A bare 2-block denoiser (4x4x4 latents) for an action space of :func:`action_spaces`, its
-    weights drawn from N(0, 0.1) (adaLN-Zero's init would make the outputs ignore the inputs), in
-    eval mode; and its action spec."""
+    """A bare 2-block denoiser (4x4x4 latents) for one of the compliance suite's action spaces
+    (:func:`worldsim.compliance.spaces`, by kind), its weights drawn from N(0, 0.1) (adaLN-Zero's
+    init would make the outputs ignore the inputs), in eval mode; and its action spec."""
+    from worldsim.compliance import spaces
+
     torch.manual_seed(seed)
-    spec = ActionSpec.from_space(action_spaces()[kind])
+    spec = ActionSpec.from_space(spaces()[kind])
     m = CausalDenoiser(DenoiserConfig(latent_channels=4, latent_size=4, dim=32, depth=2, heads=2), spec)
     for p in m.parameters():
         p.data.normal_(0, 0.1)
