@@ -1,4 +1,5 @@
-"""The rolling KV cache's contracts: causality, equivalence with a block-causal forward, flat memory, bounded positions, snapshots."""
+"""The rolling KV cache's contracts: causality, equivalence with a block-causal forward, flat memory,
+bounded positions, snapshots."""
 
 from __future__ import annotations
 

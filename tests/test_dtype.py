@@ -1,4 +1,5 @@
-"""Dtype decided once at load (argument, WORLDSIM_DTYPE, the hardware); bf16 passes and their math attention."""
+"""Dtype decided once at load (argument, WORLDSIM_DTYPE, the hardware); bf16 passes and their math
+attention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Sessions: determinism, independent rows (resets, subsets, chunks), action validation, start clips, the graphed path."""
+"""Sessions: determinism, independent rows (resets, subsets, chunks), action validation, start clips,
+the graphed path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""World files through the engine: a bit-exact round trip, clear errors on corrupt files, atomic saves, old keys."""
+"""World files through the engine: a bit-exact round trip, clear errors on corrupt files, atomic saves,
+old keys."""
 
 from __future__ import annotations
 
