@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from worldsim.engine.cache import KVCache
-from worldsim.testing import tiny_config, tiny_world, toy_episodes
+from worldsim.testing import FixedSampler, tiny_config, tiny_world, toy_episodes
 from worldsim.train.codec_stage import CodecTrainConfig, train_codec
 from worldsim.train.data import AlignedEpisode, ClipSampler
 from worldsim.train.latents import encode_episodes
@@ -25,20 +25,6 @@ from worldsim.train.student import StudentTrainConfig, train_student
 from worldsim.train.teacher import TeacherTrainConfig, train_teacher
 
 CPU = torch.device("cpu")
-
-
-class FixedSampler:
-    """Always the same batch (to check that a few steps lower the loss on it)."""
-
-    def __init__(self, sampler: ClipSampler, batch: int) -> None:
-        self.b = sampler.sample(batch)
-        self.rng = sampler.rng
-
-    def sample(self, batch: int):  # type: ignore[no-untyped-def]
-        return self.b
-
-    def free_share(self) -> float:
-        return 1.0
 
 
 def _losses(run_dir: Path, key: str = "loss") -> list[float]:

@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import CPU, FixedSampler
 
-from worldsim.testing import tiny_world, toy_episodes
+from worldsim.testing import FixedSampler, tiny_world, toy_episodes
 from worldsim.train import latents
 from worldsim.train.compile import TrainForward
 from worldsim.train.data import ClipSampler
 from worldsim.train.latents import encode_episodes
 from worldsim.train.loop import Dist, seed_everything
 from worldsim.train.teacher import TeacherTrainConfig, train_teacher
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture()

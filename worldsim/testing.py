@@ -27,7 +27,7 @@ from worldsim.spaces import ActionSpec
 
 if TYPE_CHECKING:
     from worldsim.serve.server import BackgroundServer
-    from worldsim.train.data import AlignedEpisode
+    from worldsim.train.data import AlignedEpisode, Batch, ClipSampler
 
 
 def tiny_denoiser(kind: str = "discrete", seed: int = 0) -> tuple[CausalDenoiser, ActionSpec]:
@@ -153,3 +153,18 @@ def serving(path: str | Path, extra: dict[str, WorldModel] | None = None, **cfg:
     worlds = {"tiny": WorldModel.load(path, device="cpu"), **(extra or {})}
     with BackgroundServer(worlds, ServeConfig(port=0, **cfg)) as srv:
         yield srv
+
+
+class FixedSampler:
+    """A clip sampler that always returns the same batch (drawn once from ``sampler``): a few
+    training steps on it must lower the loss (training tests)."""
+
+    def __init__(self, sampler: ClipSampler, batch: int) -> None:
+        self.b = sampler.sample(batch)
+        self.rng = sampler.rng
+
+    def sample(self, batch: int) -> Batch:
+        return self.b
+
+    def free_share(self) -> float:
+        return 1.0
