@@ -106,6 +106,17 @@ def reference(episodes: Sequence[EvalEpisode], start: int, horizon: int, tol: in
     return ref
 
 
+def repeat(ref: Reference, n: int) -> Reference:
+    """``ref``'s episodes ``n`` times over, in order (the real side of ``n`` noise draws each)."""
+    if n == 1:
+        return ref
+
+    def rep(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x] * n)
+
+    return Reference(rep(ref.frames), rep(ref.valid), rep(ref.rewards), rep(ref.terminated), rep(ref.window), ref.start)
+
+
 def max_horizon(episodes: Sequence[EvalEpisode], start: int) -> int:
     """The most frames any episode has after ``start`` context frames."""
     return max((len(e) - start for e in episodes), default=0)

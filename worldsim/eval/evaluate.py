@@ -35,7 +35,7 @@ from worldsim.eval.control import (
     random_play_starts,
     random_runs,
 )
-from worldsim.eval.episodes import EvalEpisode, max_horizon, reference
+from worldsim.eval.episodes import EvalEpisode, max_horizon, reference, repeat
 from worldsim.eval.fidelity import ControlFidelity, held_fidelity, random_fidelity, targets, world_ends
 from worldsim.eval.results import ControlProbes, EpisodeSet, EvalConfig, EvalResult, ModelInfo
 from worldsim.eval.rollout import Generated, rollout
@@ -182,12 +182,15 @@ def _rollouts(ev: EvalResult, worlds: dict[str, WorldModel], held: HeldOut, game
     held.episodes = eps
     H = _clip_horizon(ev, eps, start)
     ev.start, ev.horizon = start, H
-    # Each episode c.noise_draws times: rollout() gives row j noise seed c.seed + j (EvalConfig.noise_draws).
-    ref = reference(eps * c.noise_draws, start, H, c.tol)
-    ev.n_per_horizon = ref.valid.sum(0) // c.noise_draws
+    one = reference(eps, start, H, c.tol)
+    ev.n_per_horizon = one.valid.sum(0)
     S = len(game.state_names)
     read = (lambda f, m: _read(game.reader, f, m, S)) if game.reader is not None else (lambda f, m: None)
-    real_state = read(ref.frames, ref.valid)
+    one_state = read(one.frames, one.valid)
+    # Each episode c.noise_draws times: rollout() gives row j noise seed c.seed + j (EvalConfig.noise_draws);
+    # the real side is read once and repeated.
+    ref = repeat(one, c.noise_draws)
+    real_state = None if one_state is None else np.concatenate([one_state] * c.noise_draws)
     ev.filmstrip_frames = [h for h in ev.horizons if h <= int(ref.valid[0].sum())] or [1]
     ev.filmstrip_real = ref.frames[0, [h - 1 for h in ev.filmstrip_frames]]
     buckets = stats.buckets_for(ev.horizons, H)
@@ -205,9 +208,9 @@ def _rollouts(ev: EvalResult, worlds: dict[str, WorldModel], held: HeldOut, game
         by_codec.setdefault(ev.models[n].codec_fingerprint, n)
     for n in by_codec.values():
         label = "codec reconstruction" if len(by_codec) == 1 else f"codec reconstruction ({n})"
-        rec = Generated(reconstruct(worlds[n], ref.frames, ref.valid), ref.rewards, ref.terminated, ref.valid)
+        rec = Generated(reconstruct(worlds[n], one.frames, one.valid), one.rewards, one.terminated, one.valid)
         ev.floors[label] = stats.summarize(
-            ref, rec, real_state, read(rec.frames, ref.valid), ev.state_names, None, ev.horizons, buckets, c.tol
+            one, rec, one_state, read(rec.frames, one.valid), ev.state_names, None, ev.horizons, buckets, c.tol
         )
 
 
