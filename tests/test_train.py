@@ -385,3 +385,22 @@ def test_motion_frames_free_weighs_only_frames_after_free_actions() -> None:
     assert torch.equal(only[0, 1], every[0, 1]) and torch.equal(only[0, 3], every[0, 3])
     assert torch.equal(only[0, 2], torch.ones_like(only[0, 2])) and torch.equal(only[1], torch.ones_like(only[1]))
     assert not torch.equal(every[1], torch.ones_like(every[1]))
+
+
+def test_noise_levels_sampler_draws_only_the_sampler_levels(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    from worldsim.train.teacher import sample_df_timesteps
+
+    levels = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    t = sample_df_timesteps(64, 8, 0.2, CPU, levels)
+    assert set(t.unique().tolist()) == {0.0, 1.0, 0.75, 0.5, 0.25}
+    assert 0.1 < float((t == 0).float().mean()) < 0.3
+    uniform = sample_df_timesteps(64, 8, 0.2, CPU)
+    assert len(uniform.unique()) > 100  # the default: every level of the flow
+    world, sampler = latent_world
+    with pytest.raises(ValueError, match="noise_levels"):
+        train_teacher(
+            TeacherTrainConfig(steps=1, noise_levels="few"), copy.deepcopy(world), sampler, tmp_path, CPU, Dist()
+        )
+    cfg = TeacherTrainConfig(steps=2, batch=2, clip_len=6, warmup=1, save_every=1000, noise_levels="sampler")
+    train_teacher(cfg, copy.deepcopy(world), sampler, tmp_path, CPU, Dist())
+    assert len(_losses(tmp_path)) == 2

@@ -64,9 +64,17 @@ class TeacherTrainConfig:
     upright pole in the bot's balanced play drift (PSNR @10 -4 dB, the card's 2026-12-07 section);
     on free frames only it timed more episode ends in a third of the steps and still cost 3-4 dB at
     weights 0.5-2 (the card's 2026-12-09 section)."""
+    noise_levels: str = "uniform"
+    """Where a noisy frame's level t comes from: ``uniform`` in (0, 1) (every level the flow
+    has), or ``sampler``: only the levels the world's few-step sampler visits (its
+    :meth:`~worldsim.engine.sampler.SamplerConfig.schedule`, e.g. 1, 0.75, 0.5, 0.25), so the
+    capacity goes where the engine queries it. Clean frames (``clean_prob``) either way."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
+
+
+NOISE_LEVELS = ("uniform", "sampler")
 
 
 @dataclass
@@ -94,8 +102,15 @@ def _motion(cfg: TeacherTrainConfig, b: Batch) -> torch.Tensor | None:
     return w
 
 
-def sample_df_timesteps(B: int, T: int, clean_prob: float, device: torch.device) -> torch.Tensor:
-    t = torch.rand(B, T, device=device)
+def sample_df_timesteps(
+    B: int, T: int, clean_prob: float, device: torch.device, levels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, T) independent noise levels (Diffusion Forcing): ``clean_prob`` of them 0, the rest
+    uniform in (0, 1), or drawn uniformly from ``levels`` (1-D) when given."""
+    if levels is None:
+        t = torch.rand(B, T, device=device)
+    else:
+        t = levels.to(device)[torch.randint(len(levels), (B, T), device=device)]
     return torch.where(torch.rand(B, T, device=device) < clean_prob, torch.zeros_like(t), t)
 
 
@@ -113,6 +128,11 @@ def train_teacher(
         raise ValueError(f"teacher.policy_actions is 'condition' or 'null', got {cfg.policy_actions!r}")
     if cfg.motion_frames not in ("all", "free"):
         raise ValueError(f"teacher.motion_frames is 'all' or 'free', got {cfg.motion_frames!r}")
+    if cfg.noise_levels not in NOISE_LEVELS:
+        raise ValueError(f"teacher.noise_levels is 'uniform' or 'sampler', got {cfg.noise_levels!r}")
+    levels = torch.tensor(world.config.sampler.schedule()) if cfg.noise_levels == "sampler" else None
+    if levels is not None:
+        log.info("noise levels: the sampler's %s", [round(float(x), 4) for x in levels])
     free_share = sampler.free_share()
     if cfg.policy_actions == "null" and free_share < MIN_FREE_SHARE:
         log.warning(
@@ -133,7 +153,7 @@ def train_teacher(
     for step in range(start, cfg.steps):
         b = sampler.sample(cfg.batch).to(device)
         B, T = b.has_action.shape
-        t = sample_df_timesteps(B, T, cfg.clean_prob, device)
+        t = sample_df_timesteps(B, T, cfg.clean_prob, device, levels)
         eps = torch.randn_like(b.x)
         xt = add_noise(b.x, t, eps)
         drop = torch.rand(B, 1, device=device) < cfg.action_dropout
