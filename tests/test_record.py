@@ -251,3 +251,35 @@ def test_human_policy_needs_a_display(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(PolicyError, match="needs a display"):
         record(config_for("cartpole", _args(out=tmp_path / "h", episodes=1, policy="human")), progress=False)
     assert record_mod.main(_args(target="cartpole", out=tmp_path / "h", episodes=1, policy="human")) == 2
+
+
+def test_sigterm_stops_a_recording_and_keeps_its_finished_episodes(tmp_path: Path) -> None:
+    """SDL (the pygame renderer behind CartPole's frames) takes SIGTERM where it has the default
+    action and turns it into an event nobody reads: `kill` and schedulers' timeouts did not stop a
+    recording. The CLI routes SIGTERM through the Ctrl-C path instead."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "worldsim.cli", "record", "cartpole", "--out", str(out), "--episodes", "2000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SDL_NO_SIGNAL_HANDLERS", None)
+    proc = subprocess.Popen(cmd + ["--no-check"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        seen, deadline = "", time.monotonic() + 60
+        while "frames=" not in seen and time.monotonic() < deadline:  # an episode is finished
+            char = proc.stderr.read(1)
+            assert char, f"recording ended before an episode: {seen[-500:]}"
+            seen += char
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130, "SIGTERM did not stop the recording"
+        tail = proc.stderr.read()
+        assert "interrupted; finished episodes are in" in tail, tail[-500:]
+        assert 1 <= sum(len(s["episode_ids"]) for s in read_manifest(out)["shards"]) < 2000
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import traceback
+from types import FrameType
 
 from worldsim import threads
 
@@ -89,15 +91,39 @@ def _one_line(command: str, message: str) -> str:
     return text if text.startswith(prefix) else prefix + text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is, so every command stops the way it does on
+    Ctrl-C: a recording saves its finished episodes, a training run keeps its last checkpoint, the
+    player closes its window. The command then exits with 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> bool:
+    """Route SIGTERM through :class:`Terminated` where it still has the default action (a command
+    that handles it itself, ``worldsim serve``, installs its own). Also keeps SDL from taking it
+    (SDL only takes signals still at the default action): see ``worldsim.real.leave_signals_to_python``."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     verbose = any(a in ("-v", "--verbose") for a in argv[1:])
+    installed = _stop_on_sigterm()
     try:
         return _run(argv)
-    except KeyboardInterrupt:
-        print(f"worldsim {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"worldsim {command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     except BaseException as e:  # noqa: BLE001 - sorted into expected errors and bugs below
         message = expected_error(e)
         if message is None:  # a bug, or argparse's own exit (--help, usage error) with its code
@@ -106,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(_one_line(command, message), file=sys.stderr)
         return 2
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(argv: list[str]) -> int:

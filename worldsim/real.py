@@ -32,6 +32,7 @@ Actions: with an :class:`~worldsim.spaces.ActionSpec` given, :meth:`RealGame.ste
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -113,9 +114,22 @@ class Snapshot:
     elapsed: Any
 
 
+def leave_signals_to_python() -> None:
+    """Keep SDL from taking SIGTERM: call before an env that renders through pygame is made.
+
+    A pygame renderer (every classic-control env's ``rgb_array``) initialises SDL, which installs
+    its own SIGTERM handler wherever the signal still has the default action, and turns the signal
+    into a window event nobody reads: the process no longer stops on ``kill`` or a scheduler's
+    timeout (``worldsim record`` ran to its last episode). ``SDL_NO_SIGNAL_HANDLERS=1`` leaves
+    signals to Python, unless the user set the variable."""
+    os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
+
+
 def make_env(spec: GameSpec) -> Any:
     """The Gymnasium env rendering ``rgb_array``; :class:`RealGameError` naming the fix if not."""
     import gymnasium as gym
+
+    leave_signals_to_python()
 
     if spec.env_id.startswith("ALE/"):
         try:

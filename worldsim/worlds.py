@@ -104,6 +104,10 @@ class WorldDef:
         """The real game, rendering ``rgb_array``."""
         import gymnasium as gym
 
+        from worldsim.real import leave_signals_to_python
+
+        leave_signals_to_python()
+
         if self.env_id.startswith("ALE/"):
             import ale_py
 
