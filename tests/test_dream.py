@@ -263,6 +263,23 @@ def test_end_timing_oracle_example(monkeypatch: pytest.MonkeyPatch) -> None:
     assert res["fit"] >= 0.75 and res["fit + reset prior"] >= 0.75, res
 
 
+def test_prediction_oracle_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/prediction_oracle.py: from the true state the physics reproduces the recorded frames
+    exactly (the pipeline's check); from the state fitted to 4 context frames it stays close early on."""
+    import argparse
+
+    from worldsim.data.record import config_for, record
+
+    load_example("end_timing_oracle", monkeypatch)  # the observer it builds on
+    mod = load_example("prediction_oracle", monkeypatch)
+    out = tmp_path / "rec"
+    rec = argparse.Namespace(out=out, episodes=6, policy="scripted", seed=3, max_steps=20, frameskip=None)
+    record(config_for("cartpole", rec), progress=False)
+    res = mod.scores(mod.Args(data=str(out), split="train", episodes=3, horizons="1,5,12"))
+    assert all(v and min(v) == 100.0 for v in res["true state"].values()), res["true state"]
+    assert np.mean(res["fit"][1]) > 30 and np.mean(res["fit + reset prior"][1]) > 30, res
+
+
 def test_end_timing_spread_example(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """examples/end_timing_spread.py: a world that ends every episode where the real game does has
     no error of either kind; one whose draws scatter around the real end has only sampling error;
