@@ -94,7 +94,9 @@ def _one_line(command: str, message: str) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread as Ctrl-C is, so every command stops the way it does on
     Ctrl-C: a recording saves its finished episodes, a training run keeps its last checkpoint, the
-    player closes its window. The command then exits with 143 (128 + SIGTERM)."""
+    player closes its window. The command then exits with 143 (128 + SIGTERM), or with its own
+    code where it handles the interrupt itself (``worldsim record``: 130, after saying where its
+    finished episodes are)."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
