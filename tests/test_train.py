@@ -404,3 +404,22 @@ def test_noise_levels_sampler_draws_only_the_sampler_levels(tmp_path: Path, late
     cfg = TeacherTrainConfig(steps=2, batch=2, clip_len=6, warmup=1, save_every=1000, noise_levels="sampler")
     train_teacher(cfg, copy.deepcopy(world), sampler, tmp_path, CPU, Dist())
     assert len(_losses(tmp_path)) == 2
+
+
+def test_teacher_ema_exports_the_average(tmp_path: Path, latent_world) -> None:  # type: ignore[no-untyped-def]
+    """One step at decay 0.5: the exported weights are halfway between the start and the step's raw
+    weights (kept in state.pt beside the average, for a resume)."""
+    world, sampler = latent_world
+    w0 = {k: v.clone() for k, v in world.denoiser.state_dict().items()}
+    w = copy.deepcopy(world)
+    cfg = TeacherTrainConfig(steps=1, batch=2, clip_len=6, warmup=1, save_every=1, ema=0.5)
+    train_teacher(cfg, w, FixedSampler(sampler, 2), tmp_path, CPU, Dist())  # type: ignore[arg-type]
+    modules = torch.load(tmp_path / "state.pt", weights_only=False)["modules"]
+    raw, exported = modules["denoiser"], w.denoiser.state_dict()
+    moved = [k for k, v in raw.items() if v.is_floating_point() and not torch.equal(v, w0[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(exported[k], (w0[k] + raw[k]) / 2)
+        torch.testing.assert_close(modules["ema"][k], exported[k])
+    with pytest.raises(ValueError, match="teacher.ema"):
+        train_teacher(TeacherTrainConfig(steps=1, ema=1.0), copy.deepcopy(world), sampler, tmp_path / "x", CPU, Dist())

@@ -10,6 +10,7 @@ loss and the initialisation of the student and the critic.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from worldsim.data.diagnostic import MIN_FREE_SHARE
 from worldsim.engine.world import WorldModel
 from worldsim.train.compile import TrainForward
 from worldsim.train.data import POLICY_ACTIONS, Batch, ClipSampler, conditioned_on
-from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, optimizer_step
+from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, ema_update, optimizer_step
 from worldsim.train.losses import add_noise, bcast, flow_loss, head_loss, motion_weight
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class TeacherTrainConfig:
     on CartPole (its card, 2026-12-15): worse on every count (PSNR @10 -1.5 dB against the same
     fine-tune with ``uniform``, the pole's error at frame 10 +37%, fewer ends timed); the flow
     between the sampler's levels is what the few-step rollout leans on. Kept for measuring."""
+    ema: float = 0.0
+    """EMA decay of the exported weights (0 = off: the last step's). With it, the stage keeps an
+    exponential moving average of the denoiser after every step (resumable with the rest) and the
+    world it writes holds the average."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
@@ -149,7 +154,11 @@ def train_teacher(
     forward = TrainForward(model, compile_model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
     sched = cosine_warmup(opt, cfg.steps, cfg.warmup)
-    ck = Checkpointer(run_dir / "state.pt", {"denoiser": model}, {"opt": opt, "sched": sched}, {"data": sampler.rng})
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"teacher.ema is a decay in [0, 1) (0 = off), got {cfg.ema}")
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema else None
+    modules = {"denoiser": model} if ema is None else {"denoiser": model, "ema": ema}
+    ck = Checkpointer(run_dir / "state.pt", modules, {"opt": opt, "sched": sched}, {"data": sampler.rng})
     start = ck.restore() if resume else 0
     run = RunLog(run_dir, cfg.steps, start, "teacher", d.main)
     metrics: dict[str, float] = {}
@@ -166,6 +175,8 @@ def train_teacher(
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
         loss = fl + cfg.head_weight * hl
         gn = optimizer_step(loss, model, opt, sched, d)
+        if ema is not None:
+            ema_update(ema, model, cfg.ema)
         run.advance()
         if step % 20 == 0 or step == cfg.steps - 1:
             metrics = {"loss": fl.item(), "grad_norm": gn.item(), "lr": float(sched.get_last_lr()[0]), **hm}
@@ -173,5 +184,7 @@ def train_teacher(
         if d.main and ((step + 1) % cfg.save_every == 0 or step == cfg.steps - 1):
             ck.save(step + 1)
     run.close()
+    if ema is not None:
+        model.load_state_dict(ema.state_dict())
     model.eval().requires_grad_(False)
     return {f"teacher_{k}": v for k, v in metrics.items()}
