@@ -157,7 +157,9 @@ def train_teacher(
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"teacher.ema is a decay in [0, 1) (0 = off), got {cfg.ema}")
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema else None
-    modules = {"denoiser": model} if ema is None else {"denoiser": model, "ema": ema}
+    modules: dict[str, torch.nn.Module] = {"denoiser": model}
+    if ema is not None:
+        modules["ema"] = ema
     ck = Checkpointer(run_dir / "state.pt", modules, {"opt": opt, "sched": sched}, {"data": sampler.rng})
     start = ck.restore() if resume else 0
     run = RunLog(run_dir, cfg.steps, start, "teacher", d.main)
