@@ -76,7 +76,9 @@ class TeacherTrainConfig:
     ema: float = 0.0
     """EMA decay of the exported weights (0 = off: the last step's). With it, the stage keeps an
     exponential moving average of the denoiser after every step (resumable with the rest) and the
-    world it writes holds the average."""
+    world it writes holds the average. Measured on CartPole (its card, 2026-12-15): 0.995 over a
+    1,200-step fine-tune gave frames 4-10 ~1 dB more (PSNR @10 22.9 against the same run's raw
+    22.1) and a pole that falls a little later (ends read off the frames 70.2% against 72.8%)."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
