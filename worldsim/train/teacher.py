@@ -116,11 +116,11 @@ def sample_df_timesteps(
     B: int, T: int, clean_prob: float, device: torch.device, levels: torch.Tensor | None = None
 ) -> torch.Tensor:
     """(B, T) independent noise levels (Diffusion Forcing): ``clean_prob`` of them 0, the rest
-    uniform in (0, 1), or drawn uniformly from ``levels`` (1-D) when given."""
+    uniform in (0, 1), or drawn uniformly from ``levels`` (1-D, on ``device``) when given."""
     if levels is None:
         t = torch.rand(B, T, device=device)
     else:
-        t = levels.to(device)[torch.randint(len(levels), (B, T), device=device)]
+        t = levels[torch.randint(len(levels), (B, T), device=levels.device)]
     return torch.where(torch.rand(B, T, device=device) < clean_prob, torch.zeros_like(t), t)
 
 
@@ -140,7 +140,7 @@ def train_teacher(
         raise ValueError(f"teacher.motion_frames is 'all' or 'free', got {cfg.motion_frames!r}")
     if cfg.noise_levels not in NOISE_LEVELS:
         raise ValueError(f"teacher.noise_levels is 'uniform' or 'sampler', got {cfg.noise_levels!r}")
-    levels = torch.tensor(world.config.sampler.schedule()) if cfg.noise_levels == "sampler" else None
+    levels = torch.tensor(world.config.sampler.schedule(), device=device) if cfg.noise_levels == "sampler" else None
     if levels is not None:
         log.info("noise levels: the sampler's %s", [round(float(x), 4) for x in levels])
     free_share = sampler.free_share()
