@@ -16,6 +16,24 @@ from worldsim.real import frames_match as _frames_match
 Reader = Callable[[np.ndarray], np.ndarray]
 
 
+def _replay_copy(game: RealGame, ep: EvalEpisode, start: int, horizon: int) -> tuple[list[np.ndarray], list[Any], int]:
+    """Play ``ep``'s recorded actions from frame ``start`` on the game as it stands, for up to
+    ``horizon`` frames or the episode's end: its frames, true states, and how many frames equal
+    the recording's."""
+    frames: list[np.ndarray] = []
+    trues: list[Any] = []
+    ok = 0
+    for j in range(start, min(start + horizon, len(ep))):
+        _, term, trunc = game.step(ep.actions[j])
+        f = game.frame()
+        frames.append(f)
+        trues.append(game.true_state())
+        ok += int(_frames_match(f, ep.frames[j]))
+        if term or trunc:
+            break
+    return frames, trues, ok
+
+
 def real_divergence(
     game: RealGame,
     episodes: Sequence[EvalEpisode],
@@ -44,25 +62,15 @@ def real_divergence(
         snap = game.snapshot()
         assert snap is not None  # can_perturb: a state vector
         delta = eps * rng.choice([-1.0, 1.0], size=np.shape(snap.state))
-        runs: list[tuple[list[np.ndarray], list[Any]]] = []
+        runs = []
         for perturb in (False, True):
             game.restore(snap)
             if perturb:
                 game.perturb(delta)
-            frames, trues = [], []
-            for h in range(horizon):
-                j = start + h
-                if j >= len(ep):
-                    break
-                _, term, trunc = game.step(ep.actions[j])
-                f = game.frame()
-                frames.append(f)
-                trues.append(game.true_state())
-                if not perturb:
-                    frames_checked += 1
-                    frames_ok += int(_frames_match(f, ep.frames[j]))
-                if term or trunc:
-                    break
+            frames, trues, ok = _replay_copy(game, ep, start, horizon)
+            if not perturb:
+                frames_checked += len(frames)
+                frames_ok += ok
             runs.append((frames, trues))
         n = min(len(runs[0][0]), len(runs[1][0]))
         if n == 0:

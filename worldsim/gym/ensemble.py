@@ -20,13 +20,99 @@ across members, as for one vector env; ``member_of(i)`` tells which member a row
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from worldsim.gym.sb3 import INSTALL_HINT
 from worldsim.spaces import ActionSpec
+
+
+class _EnsembleRows:
+    """The ensemble's logic: several SB3 VecEnvs as one; ``.members`` are the wrapped VecEnvs.
+    :func:`concat_sb3` mixes it into SB3's ``VecEnv`` (imported only there: SB3 is optional)."""
+
+    num_envs: int
+    _seeds: list[Any]
+    _options: list[Any]
+    reset_infos: list[Any]
+    _reset_seeds: Callable[[], None]
+    _reset_options: Callable[[], None]
+
+    def __init__(self, members: Sequence[Any]) -> None:
+        self.members = list(members)
+        self.offsets = np.cumsum([0] + [m.num_envs for m in members])  # member k: rows offsets[k]:offsets[k+1]
+        self._actions: np.ndarray | None = None
+
+    def member_of(self, row: int) -> int:
+        """The index of the member that steps ``row``."""
+        if not 0 <= row < self.num_envs:
+            raise IndexError(f"row {row} out of range for {self.num_envs} rows")
+        return int(np.searchsorted(self.offsets, row, side="right") - 1)
+
+    def reset(self) -> np.ndarray:
+        obs = []
+        for k, m in enumerate(self.members):
+            lo = int(self.offsets[k])
+            seed = self._seeds[lo]
+            if seed is not None:
+                m.seed(int(seed))  # row lo + i gets seed s + lo + i, as in one vector env
+            if self._options[lo]:
+                m.set_options(self._options[lo])
+            obs.append(m.reset())
+        self.reset_infos = [info for m in self.members for info in m.reset_infos]
+        self._reset_seeds()
+        self._reset_options()
+        return np.concatenate(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        actions = np.asarray(actions)
+        if len(actions) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions (one per row), got {len(actions)}")
+        self._actions = actions
+
+    def step_wait(self) -> Any:
+        if self._actions is None:
+            raise RuntimeError("step_async() must be called before step_wait()")
+        parts = [m.step(self._actions[lo:hi]) for m, lo, hi in zip(self.members, self.offsets, self.offsets[1:])]
+        self._actions = None
+        obs, rew, done, infos = zip(*parts)
+        return np.concatenate(obs), np.concatenate(rew), np.concatenate(done), [i for p in infos for i in p]
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+    def get_images(self) -> list[np.ndarray]:
+        return [img for m in self.members for img in m.get_images()]
+
+    def _by_member(self, indices: Any) -> list[tuple[Any, list[int]]]:
+        rows = (
+            list(range(self.num_envs))
+            if indices is None
+            else ([int(indices)] if isinstance(indices, (int, np.integer)) else [int(i) for i in indices])
+        )
+        out: dict[int, list[int]] = {}
+        for r in rows:
+            k = self.member_of(r)
+            out.setdefault(k, []).append(r - int(self.offsets[k]))
+        return [(self.members[k], local) for k, local in out.items()]
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [v for m, rows in self._by_member(indices) for v in m.get_attr(attr_name, rows)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        for m, rows in self._by_member(indices):
+            m.set_attr(attr_name, value, rows)
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        return [
+            v for m, rows in self._by_member(indices) for v in m.env_method(method_name, *args, indices=rows, **kwargs)
+        ]
+
+    def env_is_wrapped(self, wrapper_class: Any, indices: Any = None) -> list[bool]:
+        return [v for m, rows in self._by_member(indices) for v in m.env_is_wrapped(wrapper_class, rows)]
 
 
 def concat_sb3(members: Sequence[Any]) -> Any:
@@ -47,85 +133,12 @@ def concat_sb3(members: Sequence[Any]) -> Any:
                 "worlds of one game, seen the same way (same channels_first, same wrappers)"
             )
 
-    class EnsembleVecEnv(VecEnv):  # type: ignore[misc]
+    class EnsembleVecEnv(_EnsembleRows, VecEnv):  # type: ignore[misc]
         """Several SB3 VecEnvs as one; ``.members`` are the wrapped VecEnvs."""
 
         def __init__(self) -> None:
-            self.members = members
-            self.offsets = np.cumsum([0] + [m.num_envs for m in members])  # member k: rows offsets[k]:offsets[k+1]
-            super().__init__(int(self.offsets[-1]), first.observation_space, first.action_space)
-            self._actions: np.ndarray | None = None
-
-        def member_of(self, row: int) -> int:
-            """The index of the member that steps ``row``."""
-            if not 0 <= row < self.num_envs:
-                raise IndexError(f"row {row} out of range for {self.num_envs} rows")
-            return int(np.searchsorted(self.offsets, row, side="right") - 1)
-
-        def reset(self) -> np.ndarray:
-            obs = []
-            for k, m in enumerate(self.members):
-                lo = int(self.offsets[k])
-                seed = self._seeds[lo]
-                if seed is not None:
-                    m.seed(int(seed))  # row lo + i gets seed s + lo + i, as in one vector env
-                if self._options[lo]:
-                    m.set_options(self._options[lo])
-                obs.append(m.reset())
-            self.reset_infos = [info for m in self.members for info in m.reset_infos]
-            self._reset_seeds()
-            self._reset_options()
-            return np.concatenate(obs)
-
-        def step_async(self, actions: np.ndarray) -> None:
-            actions = np.asarray(actions)
-            if len(actions) != self.num_envs:
-                raise ValueError(f"expected {self.num_envs} actions (one per row), got {len(actions)}")
-            self._actions = actions
-
-        def step_wait(self) -> Any:
-            if self._actions is None:
-                raise RuntimeError("step_async() must be called before step_wait()")
-            parts = [m.step(self._actions[lo:hi]) for m, lo, hi in zip(self.members, self.offsets, self.offsets[1:])]
-            self._actions = None
-            obs, rew, done, infos = zip(*parts)
-            return np.concatenate(obs), np.concatenate(rew), np.concatenate(done), [i for p in infos for i in p]
-
-        def close(self) -> None:
-            for m in self.members:
-                m.close()
-
-        def get_images(self) -> list[np.ndarray]:
-            return [img for m in self.members for img in m.get_images()]
-
-        def _by_member(self, indices: Any) -> list[tuple[Any, list[int]]]:
-            rows = (
-                list(range(self.num_envs))
-                if indices is None
-                else ([int(indices)] if isinstance(indices, (int, np.integer)) else [int(i) for i in indices])
-            )
-            out: dict[int, list[int]] = {}
-            for r in rows:
-                k = self.member_of(r)
-                out.setdefault(k, []).append(r - int(self.offsets[k]))
-            return [(self.members[k], local) for k, local in out.items()]
-
-        def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-            return [v for m, rows in self._by_member(indices) for v in m.get_attr(attr_name, rows)]
-
-        def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-            for m, rows in self._by_member(indices):
-                m.set_attr(attr_name, value, rows)
-
-        def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
-            return [
-                v
-                for m, rows in self._by_member(indices)
-                for v in m.env_method(method_name, *args, indices=rows, **kwargs)
-            ]
-
-        def env_is_wrapped(self, wrapper_class: Any, indices: Any = None) -> list[bool]:
-            return [v for m, rows in self._by_member(indices) for v in m.env_is_wrapped(wrapper_class, rows)]
+            _EnsembleRows.__init__(self, members)
+            VecEnv.__init__(self, int(self.offsets[-1]), first.observation_space, first.action_space)
 
     return EnsembleVecEnv()
 
