@@ -101,18 +101,11 @@ class WorldDef:
         return np.asarray(self.state_done(np.asarray(self.state_reader(frames))), bool)
 
     def make_env(self, **kwargs: Any) -> Any:
-        """The real game, rendering ``rgb_array``."""
-        import gymnasium as gym
+        """The real game, rendering ``rgb_array`` (``kwargs`` over ``env_kwargs``; the env's own time
+        limit): :func:`worldsim.real.make_env`, the one place a real env is made."""
+        from worldsim.real import GameSpec, make_env
 
-        from worldsim.real import leave_signals_to_python
-
-        leave_signals_to_python()
-
-        if self.env_id.startswith("ALE/"):
-            import ale_py
-
-            gym.register_envs(ale_py)
-        return gym.make(self.env_id, render_mode="rgb_array", **{**self.env_kwargs, **kwargs})
+        return make_env(GameSpec(self.env_id, {**self.env_kwargs, **kwargs}, max_steps=None))
 
 
 def envs_dir() -> Path:

@@ -78,7 +78,9 @@ class TeacherTrainConfig:
     exponential moving average of the denoiser after every step (resumable with the rest) and the
     world it writes holds the average. Measured on CartPole (its card, 2026-12-15): 0.995 over a
     1,200-step fine-tune gave frames 4-10 ~1 dB more (PSNR @10 22.9 against the same run's raw
-    22.1) and a pole that falls a little later (ends read off the frames 70.2% against 72.8%)."""
+    22.1) and a pole that falls a little later (ends read off the frames 70.2% against 72.8%);
+    0.998 over 3,600 steps, PSNR @10 24.1 against 21.6-22.9 at the same timing (2026-12-16; its
+    half-way blend with the file it started from is the CartPole shipped since)."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
