@@ -1,4 +1,4 @@
-"""The few-step sampler's options: action guidance (all steps or the first ones), history guidance, eta."""
+"""The few-step sampler's options: action guidance (all steps or the first ones), history guidance, eta, cache noise."""
 
 from __future__ import annotations
 
@@ -161,3 +161,27 @@ def test_eta_mixes_fresh_and_implied_noise(tmp_path: Path) -> None:
     assert config["sampler"].pop("eta") == 0.0  # self-describing: the file says how it samples
     save_file(world.state_tensors(), str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(config)})
     assert WorldModel.load(tmp_path / "old.safetensors", device="cpu").config.sampler.eta == 1.0
+
+
+def test_cache_noise_commits_generated_frames_renoised() -> None:
+    """``cache_noise`` = 0 changes no byte; a level > 0 writes the generated frame into the cache
+    re-noised to that level (one more noise slice a frame, drawn from the row's generator: the same
+    seed replays the same rollout), which the next frames see; the first frame, which reads only
+    the clean context, is unchanged. Bad levels, and a level with ``cache_pass=last_step``, are refused."""
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="cache_noise"):
+            SamplerConfig(cache_noise=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cache_pass='clean'"):
+        SamplerConfig(cache_noise=0.1, cache_pass="last_step")
+
+    def rollout(sampler: SamplerConfig) -> np.ndarray:
+        s = tiny_world(sampler=sampler).session(2, seed=0)
+        s.reset()
+        return np.stack([s.step([i % 2, 1]).frames for i in range(6)])
+
+    base = SamplerConfig(guidance_scale=2.0, guidance_steps=1)
+    off = rollout(base)
+    assert np.array_equal(rollout(dataclasses.replace(base, cache_noise=0.0)), off)
+    noisy = rollout(dataclasses.replace(base, cache_noise=0.5))
+    assert np.array_equal(noisy, rollout(dataclasses.replace(base, cache_noise=0.5)))
+    assert np.array_equal(noisy[0], off[0]) and not np.array_equal(noisy[1:], off[1:])

@@ -68,6 +68,9 @@ class Session:
         self.eta = float(cfg.sampler.eta)
         self.history_guidance = cfg.sampler.step_history_guidance()
         self.history_guided = any(self.history_guidance)  # decided once, not per frame
+        self.cache_noise = float(cfg.sampler.cache_noise)
+        # Noise slices a frame draws: one per denoising step, one more to re-noise the committed frame.
+        self.noise_slots = len(self.schedule) + (self.cache_noise > 0)
         self.guided = cfg.sampler.guided
         rows = len(cache_rows(range(batch), self.guided))
         self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
@@ -193,7 +196,7 @@ class Session:
     # ------------------------------------------------------------------ step
     def _noise(self, rows: Sequence[int]) -> torch.Tensor:
         c = self.world.config.codec
-        shape = (len(self.schedule), 1, c.latent_channels, c.latent_size, c.latent_size)
+        shape = (self.noise_slots, 1, c.latent_channels, c.latent_size, c.latent_size)
         noise = [torch.randn(shape, generator=self.generators[r], device=self.world.device) for r in rows]
         return torch.stack(noise).squeeze(2).to(self.world.dtype)  # (B, S, C, h, w)
 
@@ -259,7 +262,7 @@ class Session:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The device side of a step: denoise, commit to the cache, heads, decode.
 
-        act (n, 1, ...), noise (n, S, C, h, w) -> frames (n, H, W, 3) uint8, reward (n,),
+        act (n, 1, ...), noise (n, noise_slots, C, h, w) -> frames (n, H, W, 3) uint8, reward (n,),
         p_term (n,). With ``mask`` other than ``auto`` there is no host sync, so it can be
         captured in a CUDA graph (see graphs.py). Compiled or eager alike (``world.compiled``).
         """
@@ -284,7 +287,14 @@ class Session:
             short_passes=short,
         )
         x0 = res.x0
-        out = res.heads if res.heads is not None else commit(passes, x0, act, has, guided=self.guided)
+        if res.heads is not None:
+            out = res.heads
+        elif self.cache_noise:  # the frame enters the cache re-noised (SamplerConfig.cache_noise)
+            tc = self.cache_noise
+            noisy = (1 - tc) * x0 + tc * noise[:, -1:]
+            out = commit(passes, noisy, act, has, t=tc, guided=self.guided)
+        else:
+            out = commit(passes, x0, act, has, guided=self.guided)
         frames = decode(x0[:, 0])  # (n, H, W, 3) uint8
         return frames, out.reward[:, 0].float(), torch.sigmoid(out.term_logit[:, 0].float())
 
@@ -304,7 +314,7 @@ class Session:
 
     def _noise_like(self) -> torch.Tensor:
         c = self.world.config.codec
-        shape = (self.batch, len(self.schedule), c.latent_channels, c.latent_size, c.latent_size)
+        shape = (self.batch, self.noise_slots, c.latent_channels, c.latent_size, c.latent_size)
         return torch.zeros(shape, device=self.world.device, dtype=self.world.dtype)
 
     def _mask(self, full: bool) -> MaskPolicy:
