@@ -23,6 +23,7 @@ from worldsim.train.compile import TrainForward
 from worldsim.train.data import POLICY_ACTIONS, Batch, ClipSampler, conditioned_on
 from worldsim.train.loop import Checkpointer, Dist, RunLog, cosine_warmup, ema_update, optimizer_step
 from worldsim.train.losses import add_noise, bcast, flow_loss, head_loss, motion_weight
+from worldsim.train.own_context import OwnContextClips
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,16 @@ class TeacherTrainConfig:
     22.1) and a pole that falls a little later (ends read off the frames 70.2% against 72.8%);
     0.998 over 3,600 steps, PSNR @10 24.1 against 21.6-22.9 at the same timing (2026-12-16; its
     half-way blend with the file it started from is the CartPole shipped since)."""
+    own_context: float = 0.0
+    """Share of each batch's clips scored with the world's *own* rollout as their context
+    (:mod:`worldsim.train.own_context`): the world generates ``own_context_rollout`` frames after a
+    recorded context with its sampler, and learns the recorded frames given them. 0 = off (plain
+    Diffusion Forcing on recorded frames). Costs a rollout per step (no gradient)."""
+    own_context_rollout: int = 8
+    """Frames an own-context clip generates after the world's ``context_frames`` (its clips come
+    from episodes of at least ``context_frames + own_context_rollout`` frames); with 8 and
+    ``clip_len`` 8 a window can hold nothing but generated frames, as a session's does from frame
+    ``cache.window`` + 1 on."""
     save_every: int = 500
     """Steps between resumable checkpoints."""
     seed: int = 0
@@ -164,12 +175,17 @@ def train_teacher(
     modules: dict[str, torch.nn.Module] = {"denoiser": model}
     if ema is not None:
         modules["ema"] = ema
-    ck = Checkpointer(run_dir / "state.pt", modules, {"opt": opt, "sched": sched}, {"data": sampler.rng})
+    own = OwnContextClips.create(
+        cfg.own_context, cfg.own_context_rollout, cfg.batch, cfg.clip_len, sampler, world,
+        policy_actions=cfg.policy_actions, action_dropout=cfg.action_dropout,
+    )  # fmt: skip
+    rngs = {"data": sampler.rng} if own is None else {"data": sampler.rng, "own_data": own.clips.rng}
+    ck = Checkpointer(run_dir / "state.pt", modules, {"opt": opt, "sched": sched}, rngs)
     start = ck.restore() if resume else 0
     run = RunLog(run_dir, cfg.steps, start, "teacher", d.main)
     metrics: dict[str, float] = {}
     for step in range(start, cfg.steps):
-        b = sampler.sample(cfg.batch).to(device)
+        b = sampler.sample(cfg.batch - (own.rows if own else 0)).to(device)
         B, T = b.has_action.shape
         t = sample_df_timesteps(B, T, cfg.clean_prob, device, levels)
         eps = torch.randn_like(b.x)
@@ -179,6 +195,8 @@ def train_teacher(
         out = forward(xt, t, b.action, cond)
         fl = flow_loss(out.v, b.x, eps, t > 0, _motion(cfg, b))
         hl, hm = head_loss(out, b.reward, b.terminated, (t == 0) & b.has_action)
+        if own is not None:  # the two kinds of clip, weighted by their rows
+            fl = (fl * B + own.loss(forward, device) * own.rows) / (B + own.rows)
         loss = fl + cfg.head_weight * hl
         gn = optimizer_step(loss, model, opt, sched, d)
         if ema is not None:
