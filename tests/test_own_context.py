@@ -4,6 +4,7 @@ the world's own frames, and a fine-tune with them learns and resumes."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,10 +25,11 @@ CPU = torch.device("cpu")
 GUIDED = SamplerConfig(guidance_scale=2.0, guidance_steps=1)
 
 
-def test_own_rollout_is_what_a_session_generates() -> None:
+@pytest.mark.parametrize("cache_noise", [0.0, 0.1])
+def test_own_rollout_is_what_a_session_generates(cache_noise: float) -> None:
     """Same start frames, actions and noise seed: the training rollout and a session's frames agree
-    (guidance on the first step, the cache rolling past its window)."""
-    world = tiny_world(sampler=GUIDED)
+    (guidance on the first step, the cache rolling past its window, own frames re-noised or not)."""
+    world = tiny_world(sampler=dataclasses.replace(GUIDED, cache_noise=cache_noise))
     ep = toy_episodes(1, length=12)[0]
     K, G = world.config.context_frames, 9  # 9 > the tiny cache's 5 slots
     lat = encode_episodes(world.codec, [ep], CPU)[0]

@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 
 def check_sampler(sampler: SamplerConfig) -> None:
     """Own-context rollouts run the sampler's plain path; refuse what they would silently skip."""
-    if sampler.history_guidance or sampler.cache_noise or sampler.cache_pass != "clean":
+    if sampler.history_guidance or sampler.cache_pass != "clean":
         raise ValueError(
-            "own-context rollouts support the clean cache pass without history guidance or cache noise; "
-            "set sampler.history_guidance=0, sampler.cache_noise=0, sampler.cache_pass=clean, or own_context=0"
+            "own-context rollouts support the clean cache pass without history guidance; "
+            "set sampler.history_guidance=0 and sampler.cache_pass=clean (worldsim sampler), or own_context=0"
         )
 
 
@@ -62,8 +62,9 @@ def own_rollout(
 
     The first ``context`` recorded frames are committed as a session's reset does (the first one
     without an action), then each frame is denoised with the sampler (guidance, eta) under the
-    recorded action and committed clean; the cache rolls as at inference. ``generator``: where
-    the noise comes from (a one-row session seeded alike draws the same, frame for frame).
+    recorded action and committed (re-noised to ``sampler.cache_noise``, as a session does); the
+    cache rolls as at inference. Returns the clean frames. ``generator``: where the noise comes
+    from (a one-row session seeded alike draws the same, frame for frame).
     """
     B, T = b.has_action.shape
     x = b.x.float()
@@ -71,13 +72,18 @@ def own_rollout(
     cache = KVCache(model.cfg, cache_cfg, len(cache_rows(range(B), guided)), x.device, x.dtype)
     commit_context(model, cache, x[:, :context], b.action[:, :context], guided=guided)
     has = torch.ones(B, 1, dtype=torch.bool, device=x.device)
+    tc = float(sampler.cache_noise)
+    slots = len(schedule) + (tc > 0)  # the session's noise slices: the steps', then the re-noise
     out = []
     for i in range(context, T):
         passes = cache_passes(model, cache)
         a = b.action[:, i : i + 1]
-        noise = torch.randn(B, len(schedule), *x.shape[2:], generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.randn(B, slots, *x.shape[2:], generator=generator, device=x.device, dtype=x.dtype)
         x0 = denoise(passes, a, has, noise, schedule, sampler.step_guidance(), eta=float(sampler.eta)).x0
-        commit(passes, x0, a, has, guided=guided)
+        if tc:
+            commit(passes, (1 - tc) * x0 + tc * noise[:, -1:], a, has, t=tc, guided=guided)
+        else:
+            commit(passes, x0, a, has, guided=guided)
         out.append(x0)
     return torch.cat(out, dim=1)
 
@@ -89,17 +95,25 @@ def own_context_loss(
     cond: torch.Tensor,
     clip_len: int,
     offset: int,
+    context_noise: float = 0.0,
 ) -> torch.Tensor:
     """The flow loss of the recorded frames of window ``[offset, offset + clip_len)`` of the clip,
-    each given the clean [real context, generated] frames before it (the paired layout).
+    each given the [real context, generated] frames before it (the paired layout).
 
     b.x (B, T, C, h, w) recorded latents; generated (B, G, C, h, w) frames ``T - G .. T-1``;
-    cond (B, T) the frames whose action the model is given.
+    cond (B, T) the frames whose action the model is given. ``context_noise``: the level the
+    generated frames are re-noised to and marked with (the sampler's ``cache_noise``: the world
+    then tells its own frames from real ones, at inference as here); real frames stay clean.
     """
     B, T = cond.shape
     sl = slice(offset, offset + clip_len)
     x_real = b.x.float()
-    x_ctx = torch.cat([x_real[:, : T - generated.shape[1]], generated], 1)[:, sl]  # (B, W, C, h, w)
+    K = T - generated.shape[1]
+    t_ctx = torch.zeros(B, T, device=x_real.device)
+    t_ctx[:, K:] = context_noise
+    gen = add_noise(generated, t_ctx[:, K:], torch.randn_like(generated)) if context_noise else generated
+    x_ctx = torch.cat([x_real[:, :K], gen], 1)[:, sl]  # (B, W, C, h, w)
+    t_ctx = t_ctx[:, sl]
     x0 = x_real[:, sl]
     t = torch.rand(B, clip_len, device=x0.device).clamp_min(1e-3)  # queries: every level in (0, 1)
     eps = torch.randn_like(x0)
@@ -109,7 +123,7 @@ def own_context_loss(
     assert isinstance(model, CausalDenoiser)
     out = forward(
         torch.cat([x_ctx, xq], 1),
-        torch.cat([torch.zeros_like(t), t], 1),
+        torch.cat([t_ctx, t], 1),
         torch.cat([b.action[:, sl], b.action[:, sl]], 1),
         torch.cat([c, c], 1),
         model.paired_context(clip_len, x0.device),
@@ -164,4 +178,4 @@ class OwnContextClips:
         drop = torch.rand(self.rows, 1, device=device) < self.action_dropout
         cond = conditioned_on(b, self.policy_actions) & ~drop
         offset = int(self.clips.rng.integers(self.clips.T - self.clip_len + 1))
-        return own_context_loss(forward, b, generated, cond, self.clip_len, offset)
+        return own_context_loss(forward, b, generated, cond, self.clip_len, offset, float(self.sampler.cache_noise))
