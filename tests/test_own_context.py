@@ -104,3 +104,12 @@ def test_finetune_with_own_context_learns_and_resumes_exactly(tmp_path: Path) ->
     resumed = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])
     assert resumed["step"] == full[-1]["step"]
     assert resumed["loss"] == pytest.approx(full[-1]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("share", [1.0, 0.9, -0.1])
+def test_own_context_share_must_leave_plain_clips(tmp_path: Path, share: float) -> None:
+    """A share that leaves no plain clip in the batch (or is not a share) is refused with the fix."""
+    eps = encode_episodes(tiny_world().codec, toy_episodes(2), CPU)
+    cfg = TeacherTrainConfig(steps=1, batch=4, clip_len=6, own_context=share)
+    with pytest.raises(ValueError, match="lower own_context"):
+        train_teacher(cfg, tiny_world(), ClipSampler(eps, 6, seed=0), tmp_path, CPU, Dist())

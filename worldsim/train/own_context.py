@@ -14,12 +14,14 @@ An own-context clip fixes the inputs to what inference sees and keeps the loss t
 2. a window of ``clip_len`` frames is cut from [real context, generated frames] (its offset
    uniform, so the window holds 0 to ``context`` real frames), and scored in the teacher-forcing
    layout (``CausalDenoiser.paired_context``): query frame i is the *recorded* frame i noised to a
-   level in (0, 1), and it attends to the clean own-context frames before it.
+   level in (0, 1), and it attends to the own-context frames before it.
 
 So the world learns the distribution of the real next frame given what it generated itself (the
-exposure-bias fix of scheduled sampling, for a diffusion model): unlike a squared error on the
-rollout (the card's 2026-12-09 "rollout loss", mean seeking: a pole that never falls) or DMD (mode
-seeking: it fell late), the flow loss keeps every real outcome the frames allow.
+exposure-bias fix of scheduled sampling, for a diffusion model), meant to keep every real outcome
+the frames allow, unlike a squared error on the rollout (the card's 2026-12-09 "rollout loss", mean
+seeking: a pole that never falls) or DMD (mode seeking: it fell late). Measured on CartPole (its
+card, 2026-12-19) it did not: half the clips so for 400 steps damped the world (the pole fell late
+in 56-64% of random-play episodes, frame 1 lost 2-3 dB); off in the bundled worlds.
 """
 
 from __future__ import annotations
@@ -158,9 +160,12 @@ class OwnContextClips:
         cls, share: float, rollout: int, batch: int, clip_len: int, sampler: ClipSampler, world: WorldModel, **kw: Any
     ) -> OwnContextClips | None:
         """``round(share * batch)`` own-context rows per batch (None when that is 0)."""
-        if not 0.0 <= share <= 1.0 or rollout < 1:
-            raise ValueError(f"own_context is a share in [0, 1] and own_context_rollout >= 1, got {share}, {rollout}")
         rows = round(share * batch)
+        if not 0.0 <= share < 1.0 or rows >= batch or rollout < 1:
+            raise ValueError(
+                f"own_context is a share in [0, 1) that leaves plain clips in a batch of {batch}, and "
+                f"own_context_rollout >= 1; got {share} ({rows} rows) and {rollout}: lower own_context"
+            )
         if rows == 0:
             return None
         K = world.config.context_frames
