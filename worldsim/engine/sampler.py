@@ -114,6 +114,12 @@ class SamplerConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def noise_slots(self) -> int:
+        """Noise slices a frame draws: one per denoising step, one more to re-noise the committed
+        frame when :attr:`cache_noise` is on (see :func:`commit_generated`)."""
+        return len(self.timesteps) + (self.cache_noise > 0)
+
+    @property
     def passes_per_frame(self) -> int:
         """Denoiser calls a frame (a guided step's two rows run as one call); history guidance
         adds the short passes and the commit of the last frame alone."""
@@ -351,6 +357,24 @@ def commit(
         if guided:
             return HeadOutputs(reward=out.reward[0::2], term_logit=out.term_logit[0::2])
         return HeadOutputs(reward=out.reward, term_logit=out.term_logit)
+
+
+def commit_generated(
+    passes: FramePasses,
+    x0: torch.Tensor,
+    action: torch.Tensor,
+    has_action: torch.Tensor,
+    noise: torch.Tensor,
+    cache_noise: float = 0.0,
+    guided: bool = False,
+) -> HeadOutputs:
+    """:func:`commit` a generated frame x0 (B, 1, C, h, w): clean, or re-noised to ``cache_noise``
+    with the last of the frame's ``noise`` slices and the pass told that level
+    (:attr:`SamplerConfig.cache_noise`). What a session and own-context training both commit."""
+    if cache_noise:
+        noisy = (1 - cache_noise) * x0 + cache_noise * noise[:, -1:]
+        return commit(passes, noisy, action, has_action, t=cache_noise, guided=guided)
+    return commit(passes, x0, action, has_action, guided=guided)
 
 
 def commit_context(

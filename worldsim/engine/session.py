@@ -20,7 +20,15 @@ import torch
 from worldsim.engine.cache import CacheConfig, KVCache, MaskPolicy
 from worldsim.engine.compiled import eager_forward_kv
 from worldsim.engine.graphs import GraphedStep
-from worldsim.engine.sampler import FramePasses, cache_rows, commit, commit_context, denoise, kv_passes
+from worldsim.engine.sampler import (
+    FramePasses,
+    cache_rows,
+    commit,
+    commit_context,
+    commit_generated,
+    denoise,
+    kv_passes,
+)
 
 if TYPE_CHECKING:
     from worldsim.engine.world import WorldModel
@@ -69,8 +77,7 @@ class Session:
         self.history_guidance = cfg.sampler.step_history_guidance()
         self.history_guided = any(self.history_guidance)  # decided once, not per frame
         self.cache_noise = float(cfg.sampler.cache_noise)
-        # Noise slices a frame draws: one per denoising step, one more to re-noise the committed frame.
-        self.noise_slots = len(self.schedule) + (self.cache_noise > 0)
+        self.noise_slots = cfg.sampler.noise_slots
         self.guided = cfg.sampler.guided
         rows = len(cache_rows(range(batch), self.guided))
         self.cache = KVCache(cfg.denoiser, cfg.cache, rows, world.device, world.dtype)
@@ -289,12 +296,8 @@ class Session:
         x0 = res.x0
         if res.heads is not None:
             out = res.heads
-        elif self.cache_noise:  # the frame enters the cache re-noised (SamplerConfig.cache_noise)
-            tc = self.cache_noise
-            noisy = (1 - tc) * x0 + tc * noise[:, -1:]
-            out = commit(passes, noisy, act, has, t=tc, guided=self.guided)
         else:
-            out = commit(passes, x0, act, has, guided=self.guided)
+            out = commit_generated(passes, x0, act, has, noise, self.cache_noise, self.guided)
         frames = decode(x0[:, 0])  # (n, H, W, 3) uint8
         return frames, out.reward[:, 0].float(), torch.sigmoid(out.term_logit[:, 0].float())
 

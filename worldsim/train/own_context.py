@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from worldsim.engine.cache import CacheConfig, KVCache
-from worldsim.engine.sampler import SamplerConfig, cache_passes, cache_rows, commit, commit_context, denoise
+from worldsim.engine.sampler import SamplerConfig, cache_passes, cache_rows, commit_context, commit_generated, denoise
 from worldsim.engine.world import WorldModel
 from worldsim.model.denoiser import CausalDenoiser
 from worldsim.train.compile import TrainForward
@@ -74,18 +74,13 @@ def own_rollout(
     cache = KVCache(model.cfg, cache_cfg, len(cache_rows(range(B), guided)), x.device, x.dtype)
     commit_context(model, cache, x[:, :context], b.action[:, :context], guided=guided)
     has = torch.ones(B, 1, dtype=torch.bool, device=x.device)
-    tc = float(sampler.cache_noise)
-    slots = len(schedule) + (tc > 0)  # the session's noise slices: the steps', then the re-noise
     out = []
     for i in range(context, T):
         passes = cache_passes(model, cache)
         a = b.action[:, i : i + 1]
-        noise = torch.randn(B, slots, *x.shape[2:], generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.randn(B, sampler.noise_slots, *x.shape[2:], generator=generator, device=x.device, dtype=x.dtype)
         x0 = denoise(passes, a, has, noise, schedule, sampler.step_guidance(), eta=float(sampler.eta)).x0
-        if tc:
-            commit(passes, (1 - tc) * x0 + tc * noise[:, -1:], a, has, t=tc, guided=guided)
-        else:
-            commit(passes, x0, a, has, guided=guided)
+        commit_generated(passes, x0, a, has, noise, float(sampler.cache_noise), guided)
         out.append(x0)
     return torch.cat(out, dim=1)
 
