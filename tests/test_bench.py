@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from worldsim.cli import main
 
 
@@ -51,6 +53,9 @@ def test_bench_tiny_writes_json(tmp_path: Path) -> None:
     # Each row's share of the matmul rate is against a matmul timed around that row.
     assert all(row["matmul_gflops_around"] > 0 for row in r["latency"])
     assert all(("pct_of_matmul" in row) == (row["variant"] == "default") for row in r["latency"])
+    # The ceiling is the frames/s at 100% of that matmul rate: the share is the row's rate against it.
+    for row in (row for row in r["latency"] if row["variant"] == "default"):
+        assert row["pct_of_matmul"] == pytest.approx(100 * row["frames_per_s"] / row["ceiling_frames_per_s"])
     assert r["memory"]["all_finite"] == 1.0
     assert set(r["vector_env_steps_per_s"]) == {"1", "16", "64"}
     assert r["grpc"]["clients_5"]["grpc"]["frames_per_s"] > 0

@@ -342,6 +342,9 @@ def _measure(args: argparse.Namespace) -> int | tuple[dict[str, Any], WorldModel
     for row in res["latency"]:  # against the matmul rate measured just before and after the row
         if row["variant"] == "default":
             row["pct_of_matmul"] = 100 * fl * row["frames_per_s"] / 1e9 / row["matmul_gflops_around"]
+            # the frames/s this machine allows if every FLOP ran at its matmul rate: an absolute target
+            # above it cannot be met here by any change to the step, only by fewer FLOPs per frame
+            row["ceiling_frames_per_s"] = row["matmul_gflops_around"] * 1e9 / fl
     with configured(world, modes[-1]):
         res["memory"] = memory_over_rollout(world, args.long_frames)
         if not args.no_profile:

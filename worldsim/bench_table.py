@@ -24,17 +24,20 @@ def print_table(r: dict[str, Any]) -> None:
     )
     print(
         f"{'mode':>9} {'variant':>16} {'batch':>6} {'frames/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'compile s':>10}"
-        f" {'% matmul':>9}"
+        f" {'% matmul':>9} {'ceiling':>8}"
     )
     for row in r["latency"]:
         pct = f"{row['pct_of_matmul']:>9.0f}" if "pct_of_matmul" in row else f"{'':>9}"
+        if "ceiling_frames_per_s" in row:
+            pct += f" {row['ceiling_frames_per_s']:>8.0f}"
         print(
             f"{row.get('mode', 'eager'):>9} {row.get('variant', 'default'):>16} {row['batch']:>6} "
             f"{row['frames_per_s']:>10.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row.get('compile_s', 0):>10.1f} {pct}"
         )
     print(
         "% matmul: the row's GFLOP/s against a 1024^3 matmul in the world's dtype timed just before and after "
-        "it (0.3 s each; this machine's matmul rate drifts between rows)"
+        "it (0.3 s each; this machine's matmul rate drifts between rows); ceiling: the frames/s at 100% of that "
+        "rate (an absolute target above it needs fewer FLOPs per frame, not a faster step)"
     )
     print(
         f"FLOPs/frame {r['flops_per_frame'] / 1e6:.0f} M; achieved {r['achieved_gflops_b1']:.1f} GFLOP/s at batch 1, "
