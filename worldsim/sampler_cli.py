@@ -36,6 +36,12 @@ entry records the change (and the trained window, which bounds later changes)::
 provenance entry records the change::
 
     worldsim sampler envs/cartpole/cartpole.safetensors --term-threshold 0.4 --out cartpole-t40.safetensors
+
+``--term-window N`` makes the end rule read the row's last N frames: a frame ends the episode
+when ``1 - prod(1 - p)`` over them is above the threshold (``WorldConfig.term_window``, 1 unless
+changed; :mod:`worldsim.engine.ends`). The same ``threshold`` provenance entry records it::
+
+    worldsim sampler envs/cartpole/cartpole.safetensors --term-window 4 --term-threshold 0.7 --out cartpole-w4.safetensors
 """
 
 from __future__ import annotations
@@ -88,6 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="termination probability above which a frame ends the episode (0 < P < 1)",
     )
+    parser.add_argument(
+        "--term-window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="frames the end rule reads: 1 - prod(1 - p) over the last N frames against the threshold (1: the frame alone)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -100,12 +113,17 @@ def main(args: argparse.Namespace) -> int:
     threshold = getattr(args, "term_threshold", None)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise SystemExit(f"--term-threshold {threshold}: must be strictly between 0 and 1 (a probability)")
-    if not args.sets and context is None and window is None and threshold is None:
+    term_window = getattr(args, "term_window", None)
+    if term_window is not None and term_window < 1:
+        raise SystemExit(f"--term-window {term_window}: must be >= 1 frame")
+    ends = threshold is not None or term_window is not None
+    if not args.sets and context is None and window is None and not ends:
         shown = {
             **dataclasses.asdict(old),
             "context_frames": config.context_frames,
             "cache_window": config.cache.window,
             "term_threshold": config.term_threshold,
+            "term_window": config.term_window,
         }
         print(json.dumps(shown, indent=2))
         return 0
@@ -115,13 +133,16 @@ def main(args: argparse.Namespace) -> int:
         provenance[ckpt.provenance_key(provenance, "context")] = _set_context(args, config, tensors, context)
     if window is not None:
         provenance[ckpt.provenance_key(provenance, "cache")] = _set_window(config, provenance, window)
-    if threshold is not None:
+    if ends:
         provenance[ckpt.provenance_key(provenance, "threshold")] = {
             "from": config.term_threshold,
-            "to": threshold,
+            "to": config.term_threshold if threshold is None else threshold,
+            "window_from": config.term_window,
+            "window_to": config.term_window if term_window is None else term_window,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        config.term_threshold = threshold
+        config.term_threshold = config.term_threshold if threshold is None else threshold
+        config.term_window = config.term_window if term_window is None else term_window
     if args.sets:
         config.sampler = new
         provenance[ckpt.provenance_key(provenance, "sampler")] = {
@@ -135,12 +156,13 @@ def main(args: argparse.Namespace) -> int:
     before = dataclasses.asdict(old)
     changed = {k: v for k, v in dataclasses.asdict(new).items() if before[k] != v}
     log.info(
-        "wrote %s with sampler %s, context %d frames, cache window %d, end threshold %.3g",
+        "wrote %s with sampler %s, context %d frames, cache window %d, end threshold %.3g over %d frame(s)",
         out,
         json.dumps(changed),
         config.context_frames,
         config.cache.window,
         config.term_threshold,
+        config.term_window,
     )
     return 0
 

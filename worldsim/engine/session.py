@@ -19,6 +19,7 @@ import torch
 
 from worldsim.engine.cache import CacheConfig, KVCache, MaskPolicy
 from worldsim.engine.compiled import eager_forward_kv
+from worldsim.engine.ends import EndRule
 from worldsim.engine.graphs import GraphedStep
 from worldsim.engine.sampler import (
     FramePasses,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 class StepResult:
     frames: np.ndarray  # (B, 64, 64, 3) uint8
     rewards: np.ndarray  # (B,) float32
-    terminated: np.ndarray  # (B,) bool: p_terminated > the world's ``term_threshold``
+    terminated: np.ndarray  # (B,) bool: the world's end rule on p_terminated (engine/ends.py)
     latency_ms: float  # wall time of the whole batched step, decode included
     p_terminated: np.ndarray  # (B,) float32: the termination head's probability that the frame ends the episode
 
@@ -89,6 +90,7 @@ class Session:
         # Frames in each row's history (context + generated), mirrored on the host so the
         # graphed step knows without a device sync whether every cache slot is filled.
         self._history = np.zeros(batch, dtype=np.int64)
+        self.ends = EndRule(batch, cfg.term_threshold, cfg.term_window)
         if cuda_graphs is None:  # history guidance's short passes are not captured (yet)
             cuda_graphs = world.device.type == "cuda" and not self.history_guided
         if cuda_graphs and world.device.type != "cuda":
@@ -159,6 +161,7 @@ class Session:
         self.frames[rows] = last.cpu().numpy()
         self.frame_index[rows] = 0
         self._started[rows] = True
+        self.ends.reset(rows)
         return self.frames.copy()
 
     def _given_context(self, n: int, frames: Any, actions: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +232,7 @@ class Session:
         return StepResult(
             frames=frames,
             rewards=rewards.astype(np.float32),
-            terminated=p_term > self.world.config.term_threshold,
+            terminated=self.ends.step(idx, p_term),
             latency_ms=(time.perf_counter() - t0) * 1e3,
             p_terminated=p_term.astype(np.float32),
         )
@@ -354,3 +357,4 @@ class Session:
         self.frame_index[dst] = self.frame_index[src]
         self._history[dst] = self._history[src]
         self._started[dst] = self._started[src]
+        self.ends.move(src, dst)

@@ -50,6 +50,10 @@ class WorldConfig:
     term_threshold: float = 0.5
     """Predicted termination probability above which a frame ends the episode (``worldsim sampler
     --term-threshold`` changes it on a file; ``StepResult.p_terminated`` is the probability)."""
+    term_window: int = 1
+    """Frames the end rule reads: a frame ends the episode when ``1 - prod(1 - p)`` over the row's
+    last ``term_window`` frames is above ``term_threshold`` (1: the frame's own probability;
+    ``worldsim sampler --term-window``; see :mod:`worldsim.engine.ends`)."""
     frameskip: int = 1
     """Real-game steps one world frame covers (from the recording's manifest)."""
     controls: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +66,8 @@ class WorldConfig:
             self.denoiser.latent_size != self.codec.latent_size
         ):
             raise ValueError("denoiser latent shape does not match the codec's")
+        if self.term_window < 1:
+            raise ValueError(f"term_window must be >= 1 frame, got {self.term_window}")
 
 
 def default_device() -> torch.device:
