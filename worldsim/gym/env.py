@@ -42,8 +42,9 @@ class WorldEnv(gym.Env):
     The first observation is the last context frame.
 
     ## Episode End
-    ``terminated`` when the termination head's probability passes the world's threshold
-    (CartPole: the pole fell or the cart left the screen), or where ``end_rule(frames)`` says so
+    ``terminated`` by the world's end rule on its termination head (:mod:`worldsim.engine.ends`:
+    the probability over the last ``term_window`` frames above ``term_threshold``; CartPole: the
+    pole fell or the cart left the screen), or where ``end_rule(frames)`` says so
     when one is given (e.g. ``get_world("cartpole").frames_done``: the game's bounds read off the
     generated frame, the rule ``worldsim eval`` also ends world episodes with). ``truncated`` once
     ``max_episode_steps`` steps were taken, whatever ``terminated`` says, as Gymnasium's
