@@ -185,3 +185,50 @@ def test_cache_noise_commits_generated_frames_renoised() -> None:
     noisy = rollout(dataclasses.replace(base, cache_noise=0.5))
     assert np.array_equal(noisy, rollout(dataclasses.replace(base, cache_noise=0.5)))
     assert np.array_equal(noisy[0], off[0]) and not np.array_equal(noisy[1:], off[1:])
+
+
+def test_renoise_scale_is_a_temperature_on_the_fresh_noise() -> None:
+    """``renoise_scale`` = 1 changes no byte; s scales each re-noise slice by s (a session at s
+    equals the same noise with slices 1+ scaled by hand), 0 never reads them; the starting slice is
+    never scaled. Bad values are refused; the session carries it through (same seed, same frames)."""
+    from worldsim.engine.sampler import cache_passes, commit_context, denoise
+
+    m, spec = tiny_denoiser()
+    B, K, schedule = 2, 2, [1.0, 0.75, 0.5, 0.25]
+    ctx, acts = torch.randn(B, K, 4, 4, 4), random_actions(spec, B, K + 1)
+    has = torch.ones(B, 1, dtype=torch.bool)
+    noise = torch.randn(B, 4, 4, 4, 4)
+
+    def run(z: torch.Tensor, **kw: float) -> torch.Tensor:
+        cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
+        commit_context(m, cache, ctx, acts[:, :K])
+        with torch.no_grad():
+            return denoise(cache_passes(m, cache), acts[:, K:], has, z, schedule, **kw).x0
+
+    assert torch.equal(run(noise, renoise_scale=1.0), run(noise))
+    by_hand = noise.clone()
+    by_hand[:, 1:] *= 0.7
+    torch.testing.assert_close(run(noise, renoise_scale=0.7), run(by_hand))
+    assert not torch.allclose(run(noise, renoise_scale=0.7), run(noise))
+    other = noise.clone()
+    other[:, 1:] = torch.randn(B, 3, 4, 4, 4)
+    torch.testing.assert_close(run(noise, renoise_scale=0.0), run(other, renoise_scale=0.0))
+    start = noise.clone()
+    start[:, :1] = torch.randn(B, 1, 4, 4, 4)
+    assert not torch.allclose(run(noise, renoise_scale=0.0), run(start, renoise_scale=0.0))
+
+    for bad in (-0.1, 1.5, True, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="renoise_scale"):
+            SamplerConfig(renoise_scale=bad)  # type: ignore[arg-type]
+    assert SamplerConfig().with_overrides(["renoise_scale=0.7"]).renoise_scale == 0.7
+
+    def rollout(sampler: SamplerConfig) -> np.ndarray:
+        s = tiny_world(sampler=sampler).session(2, seed=0)
+        s.reset()
+        return np.stack([s.step([i % 2, 1]).frames for i in range(4)])
+
+    base = SamplerConfig(guidance_scale=2.0, guidance_steps=1)
+    assert np.array_equal(rollout(dataclasses.replace(base, renoise_scale=1.0)), rollout(base))
+    cool = rollout(dataclasses.replace(base, renoise_scale=0.5))
+    assert np.array_equal(cool, rollout(dataclasses.replace(base, renoise_scale=0.5)))
+    assert not np.array_equal(cool, rollout(base))

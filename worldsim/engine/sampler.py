@@ -61,6 +61,13 @@ class SamplerConfig:
     - that pass's), towards what the motion over the window says. 0 = off. Inference only.
     Measured on CartPole (its card, 2026-12-13): the pole falls sooner, frame 10 is predicted
     worse, 0.6-0.8x the frame rate; off in the bundled worlds."""
+    renoise_scale: float = 1.0
+    """Scale of the fresh noise each step after the first re-noises its x0 prediction with (a
+    sampling temperature; 1.0 = what Self Forcing trains). Below 1 a step's input holds less noise
+    than its level says, so the world commits to its prediction sooner: a frame nearer the mean of
+    what could come next, less of the world's own sampling spread. The noise that starts the frame
+    is not scaled (at ``eta`` 1 it hardly matters: the first step's x0 is re-noised with fresh
+    noise). Inference only. Measured on CartPole before use (its card, 2026-12-21)."""
     cache_pass: str = "clean"
     """Which pass writes the frame into the KV cache and gives the heads: ``clean`` (a separate pass
     of the finished frame at t = 0, what Self Forcing trains: steps + 1 passes a frame) or
@@ -92,6 +99,9 @@ class SamplerConfig:
             raise ValueError(f"sampler.cache_noise must be a noise level in [0, 1) (0 = clean), got {c!r}")
         if c and self.cache_pass != "clean":
             raise ValueError("sampler.cache_noise needs cache_pass='clean' (the last step's pass is not re-noised)")
+        r = self.renoise_scale
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
+            raise ValueError(f"sampler.renoise_scale must be a number in [0, 1] (1 = as trained), got {r!r}")
         for name in ("guidance_scale", "shift", "history_guidance"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
@@ -253,6 +263,7 @@ def denoise(
     eta: float = 1.0,
     history_guidance: Sequence[float] | None = None,
     short_passes: FramePasses | None = None,
+    renoise_scale: float = 1.0,
 ) -> DenoiseOutput:
     """Generate one frame per row: x0 (B, 1, C, h, w).
 
@@ -263,7 +274,8 @@ def denoise(
 
     ``exit_step`` (training): stop after that step; only it runs with gradient. ``write_last``:
     the last pass writes the cache and its heads are returned (``SamplerConfig.cache_pass``).
-    ``eta``: how a step re-noises (:attr:`SamplerConfig.eta`; 1 = fresh noise, 0 = Euler).
+    ``eta``: how a step re-noises (:attr:`SamplerConfig.eta`; 1 = fresh noise, 0 = Euler), with
+    the fresh noise scaled by ``renoise_scale`` (:attr:`SamplerConfig.renoise_scale`).
     ``history_guidance``: one scale per step (:meth:`SamplerConfig.step_history_guidance`); where
     it is not 0, ``short_passes`` (B rows, over a cache holding only each row's last frame) gives
     the short-history velocity and the step's moves by scale x (the action's velocity - it).
@@ -309,7 +321,7 @@ def denoise(
             x0 = x - t * v
         if i < last:
             t_next = schedule[i + 1]
-            fresh = noise[:, i + 1 : i + 2]
+            fresh = noise[:, i + 1 : i + 2] if renoise_scale == 1.0 else renoise_scale * noise[:, i + 1 : i + 2]
             if eta != 1.0:  # the noise this step implies, x_t = (1 - t) x0 + t eps  =>  eps = x_t + (1 - t) v
                 implied = (x + (1 - t) * v).detach()
                 fresh = eta * fresh + (1 - eta * eta) ** 0.5 * implied

@@ -75,6 +75,7 @@ class Session:
         self.schedule = cfg.sampler.schedule()
         self.step_guidance = cfg.sampler.step_guidance()
         self.eta = float(cfg.sampler.eta)
+        self.renoise_scale = float(cfg.sampler.renoise_scale)
         self.history_guidance = cfg.sampler.step_history_guidance()
         self.history_guided = any(self.history_guidance)  # decided once, not per frame
         self.cache_noise = float(cfg.sampler.cache_noise)
@@ -293,6 +294,7 @@ class Session:
             self.step_guidance,
             write_last=last_step,
             eta=self.eta,
+            renoise_scale=self.renoise_scale,
             history_guidance=self.history_guidance if short is not None else None,
             short_passes=short,
         )

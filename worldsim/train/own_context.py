@@ -79,7 +79,16 @@ def own_rollout(
         passes = cache_passes(model, cache)
         a = b.action[:, i : i + 1]
         noise = torch.randn(B, sampler.noise_slots, *x.shape[2:], generator=generator, device=x.device, dtype=x.dtype)
-        x0 = denoise(passes, a, has, noise, schedule, sampler.step_guidance(), eta=float(sampler.eta)).x0
+        x0 = denoise(
+            passes,
+            a,
+            has,
+            noise,
+            schedule,
+            sampler.step_guidance(),
+            eta=float(sampler.eta),
+            renoise_scale=float(sampler.renoise_scale),
+        ).x0
         commit_generated(passes, x0, a, has, noise, float(sampler.cache_noise), guided)
         out.append(x0)
     return torch.cat(out, dim=1)
