@@ -232,3 +232,13 @@ def test_renoise_scale_is_a_temperature_on_the_fresh_noise() -> None:
     cool = rollout(dataclasses.replace(base, renoise_scale=0.5))
     assert np.array_equal(cool, rollout(dataclasses.replace(base, renoise_scale=0.5)))
     assert not np.array_equal(cool, rollout(base))
+
+
+def test_eval_report_names_the_sampler_changes() -> None:
+    """The eval's model line lists every sampler field that is not the default (a shipped file's
+    ``renoise_scale`` must show in its report), and nothing for a default sampler."""
+    from worldsim.eval.evaluate import sampler_changes
+
+    assert sampler_changes(SamplerConfig(guidance_scale=2.0)) == []
+    got = sampler_changes(SamplerConfig(guidance_scale=2.0, guidance_steps=1, renoise_scale=0.7))
+    assert got == ["guidance_steps=1", "renoise_scale=0.7"]

@@ -12,6 +12,7 @@ Parts (each skipped when not asked or not possible, with a note in the result):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.engine.sampler import SamplerConfig
 from worldsim.engine.world import WorldModel
 from worldsim.eval import stats
 from worldsim.eval.closed_loop import ClosedLoopFidelity, closed_loop_fidelity, real_closed_loop, world_closed_loop
@@ -96,7 +98,19 @@ def model_info(world: WorldModel, checkpoint: str) -> ModelInfo:
         c.cache.sink,
         codec_fingerprint(world),
         [k for k in world.provenance if isinstance(world.provenance.get(k), dict)],
+        sampler_changes(c.sampler),
     )
+
+
+def sampler_changes(sampler: SamplerConfig) -> list[str]:
+    """``FIELD=VALUE`` for each sampler field (but the steps and the guidance scale, which the
+    report names anyway) that is not the default: how the world samples, in the report."""
+    default = SamplerConfig()
+    return [
+        f"{f.name}={getattr(sampler, f.name)!r}"
+        for f in dataclasses.fields(sampler)
+        if f.name not in ("timesteps", "guidance_scale") and getattr(sampler, f.name) != getattr(default, f.name)
+    ]
 
 
 @contextmanager

@@ -198,7 +198,7 @@ def _rollout_section(ev: EvalResult) -> list[str]:
     eps, results = ev.episodes, ev.scores
     ck = "\n".join(
         f"- **{name}**: `{m.checkpoint}` ({m.context_frames} context frames, {m.sampler_steps} denoising"
-        f" steps, guidance {m.guidance_scale:g})"
+        f" steps, guidance {m.guidance_scale:g}{''.join('; ' + c for c in m.sampler_changes)})"
         for name, m in ev.models.items()
     )
     lines = [

@@ -63,6 +63,8 @@ class ModelInfo:
     cache_sink: int
     codec_fingerprint: str
     stages: list[str]
+    sampler_changes: list[str] = field(default_factory=list)
+    """The sampler's other fields that differ from :class:`SamplerConfig`'s defaults, ``FIELD=VALUE``."""
 
 
 @dataclass
