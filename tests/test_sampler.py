@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,20 +192,8 @@ def test_renoise_scale_is_a_temperature_on_the_fresh_noise() -> None:
     """``renoise_scale`` = 1 changes no byte; s scales each re-noise slice by s (a session at s
     equals the same noise with slices 1+ scaled by hand), 0 never reads them; the starting slice is
     never scaled. Bad values are refused; the session carries it through (same seed, same frames)."""
-    from worldsim.engine.sampler import cache_passes, commit_context, denoise
-
-    m, spec = tiny_denoiser()
-    B, K, schedule = 2, 2, [1.0, 0.75, 0.5, 0.25]
-    ctx, acts = torch.randn(B, K, 4, 4, 4), random_actions(spec, B, K + 1)
-    has = torch.ones(B, 1, dtype=torch.bool)
-    noise = torch.randn(B, 4, 4, 4, 4)
-
-    def run(z: torch.Tensor, **kw: float) -> torch.Tensor:
-        cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
-        commit_context(m, cache, ctx, acts[:, :K])
-        with torch.no_grad():
-            return denoise(cache_passes(m, cache), acts[:, K:], has, z, schedule, **kw).x0
-
+    run, noise = _one_frame_runner()
+    B = noise.shape[0]
     assert torch.equal(run(noise, renoise_scale=1.0), run(noise))
     by_hand = noise.clone()
     by_hand[:, 1:] *= 0.7
@@ -242,3 +231,22 @@ def test_eval_report_names_the_sampler_changes() -> None:
     assert sampler_changes(SamplerConfig(guidance_scale=2.0)) == []
     got = sampler_changes(SamplerConfig(guidance_scale=2.0, guidance_steps=1, renoise_scale=0.7))
     assert got == ["guidance_steps=1", "renoise_scale=0.7"]
+
+
+def _one_frame_runner() -> tuple[Any, torch.Tensor]:
+    """A tiny denoiser after 2 context frames: ``run(noise, **sampler_kwargs)`` -> the next frame's
+    x0 (2, 1, 4, 4, 4) from a fresh cache each call, and a noise tensor (2, 4, 4, 4, 4) to start from."""
+    from worldsim.engine.sampler import cache_passes, commit_context, denoise
+
+    m, spec = tiny_denoiser()
+    B, K, schedule = 2, 2, [1.0, 0.75, 0.5, 0.25]
+    ctx, acts = torch.randn(B, K, 4, 4, 4), random_actions(spec, B, K + 1)
+    has = torch.ones(B, 1, dtype=torch.bool)
+
+    def run(z: torch.Tensor, **kw: float) -> torch.Tensor:
+        cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
+        commit_context(m, cache, ctx, acts[:, :K])
+        with torch.no_grad():
+            return denoise(cache_passes(m, cache), acts[:, K:], has, z, schedule, **kw).x0
+
+    return run, torch.randn(B, 4, 4, 4, 4)
