@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,21 +115,12 @@ def test_eta_mixes_fresh_and_implied_noise(tmp_path: Path) -> None:
     """``eta`` = 1 is the fresh-noise sampler (byte-identical to leaving it out), 0 is an Euler
     step of the flow (the re-noise slices are never read), and a checkpoint without the field loads
     with eta = 1; values outside [0, 1] are refused."""
-    from worldsim.engine.sampler import cache_passes, commit_context, denoise
+    from worldsim.engine.sampler import cache_passes, commit_context
 
-    m, spec = tiny_denoiser()
-    B, K, schedule = 2, 2, [1.0, 0.75, 0.5, 0.25]
-    ctx, acts = torch.randn(B, K, 4, 4, 4), random_actions(spec, B, K + 1)
-    has = torch.ones(B, 1, dtype=torch.bool)
-    noise = torch.randn(B, 4, 4, 4, 4)
+    f = _one_frame_runner()
+    run, noise, B = f.run, f.noise, f.noise.shape[0]
     other = noise.clone()
     other[:, 1:] = torch.randn(B, 3, 4, 4, 4)  # the same start, other re-noise slices
-
-    def run(z: torch.Tensor, **kw: float) -> torch.Tensor:
-        cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
-        commit_context(m, cache, ctx, acts[:, :K])
-        with torch.no_grad():
-            return denoise(cache_passes(m, cache), acts[:, K:], has, z, schedule, **kw).x0
 
     assert torch.equal(run(noise, eta=1.0), run(noise))
     assert not torch.equal(run(noise), run(other))  # fresh noise is read ...
@@ -137,12 +129,13 @@ def test_eta_mixes_fresh_and_implied_noise(tmp_path: Path) -> None:
     assert not torch.allclose(half, run(noise)) and not torch.allclose(half, run(noise, eta=0.0))
 
     # the Euler step by hand: x <- x + (t' - t) v, the last prediction x0 = x - t v
+    m, acts, K, schedule = f.model, f.actions, f.context.shape[1], f.schedule
     cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
-    commit_context(m, cache, ctx, acts[:, :K])
+    commit_context(m, cache, f.context, acts[:, :K])
     passes, x = cache_passes(m, cache), noise[:, :1]
     with torch.no_grad():
         for i, t in enumerate(schedule):
-            v = passes(x, torch.full((B, 1), t), acts[:, K:], has, False).v
+            v = passes(x, torch.full((B, 1), t), acts[:, K:], f.has, False).v
             x = x + ((schedule[i + 1] if i + 1 < len(schedule) else 0.0) - t) * v
     torch.testing.assert_close(run(noise, eta=0.0), x, atol=1e-5, rtol=1e-5)
 
@@ -192,7 +185,8 @@ def test_renoise_scale_is_a_temperature_on_the_fresh_noise() -> None:
     """``renoise_scale`` = 1 changes no byte; s scales each re-noise slice by s (a session at s
     equals the same noise with slices 1+ scaled by hand), 0 never reads them; the starting slice is
     never scaled. Bad values are refused; the session carries it through (same seed, same frames)."""
-    run, noise = _one_frame_runner()
+    f = _one_frame_runner()
+    run, noise = f.run, f.noise
     B = noise.shape[0]
     assert torch.equal(run(noise, renoise_scale=1.0), run(noise))
     by_hand = noise.clone()
@@ -233,9 +227,23 @@ def test_eval_report_names_the_sampler_changes() -> None:
     assert got == ["guidance_steps=1", "renoise_scale=0.7"]
 
 
-def _one_frame_runner() -> tuple[Any, torch.Tensor]:
-    """A tiny denoiser after 2 context frames: ``run(noise, **sampler_kwargs)`` -> the next frame's
-    x0 (2, 1, 4, 4, 4) from a fresh cache each call, and a noise tensor (2, 4, 4, 4, 4) to start from."""
+@dataclasses.dataclass
+class _OneFrame:
+    """What ``_one_frame_runner`` built: ``run(noise, **sampler_kwargs)`` -> the next frame's x0
+    (2, 1, 4, 4, 4) from a fresh cache each call, a noise tensor (2, 4, 4, 4, 4) to start from, and
+    the parts it runs on (for a step computed by hand)."""
+
+    run: Callable[..., torch.Tensor]
+    noise: torch.Tensor
+    model: Any
+    context: torch.Tensor  # (B, K, C, h, w)
+    actions: torch.Tensor  # (B, K + 1, ...)
+    has: torch.Tensor  # (B, 1) bool
+    schedule: list[float]
+
+
+def _one_frame_runner() -> _OneFrame:
+    """A tiny denoiser after 2 context frames, sampling one frame with 4 denoising steps."""
     from worldsim.engine.sampler import cache_passes, commit_context, denoise
 
     m, spec = tiny_denoiser()
@@ -243,10 +251,10 @@ def _one_frame_runner() -> tuple[Any, torch.Tensor]:
     ctx, acts = torch.randn(B, K, 4, 4, 4), random_actions(spec, B, K + 1)
     has = torch.ones(B, 1, dtype=torch.bool)
 
-    def run(z: torch.Tensor, **kw: float) -> torch.Tensor:
+    def run(z: torch.Tensor, **kw: Any) -> torch.Tensor:
         cache = KVCache(m.cfg, CacheConfig(window=4), batch=B)
         commit_context(m, cache, ctx, acts[:, :K])
         with torch.no_grad():
             return denoise(cache_passes(m, cache), acts[:, K:], has, z, schedule, **kw).x0
 
-    return run, torch.randn(B, 4, 4, 4, 4)
+    return _OneFrame(run, torch.randn(B, 4, 4, 4, 4), m, ctx, acts, has, schedule)
