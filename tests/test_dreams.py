@@ -3,12 +3,15 @@ they are the world's rollouts under the recorded actions, and that they carry th
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from worldsim.testing import tiny_world, toy_episodes
-from worldsim.train.dreams import branch_points, dream_episodes, heads_episodes
+from worldsim.train.dreams import ClosedLoop, branch_points, closed_loop_dreams, dream_episodes, heads_episodes
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.latents import encode_episodes
 
@@ -66,3 +69,51 @@ def test_heads_fit_on_dreams_of_every_length() -> None:
     assert same == (eps[:4], eps[4:])
     with pytest.raises(ValueError, match="heads.source"):
         heads_episodes(world, HeadFitConfig(source="dream"), eps, eps)
+
+
+def _mean_loop(limit: float) -> ClosedLoop:
+    """A reader of one 'state' (a frame's mean brightness), a controller that pushes toward a rise,
+    and bounds at ``limit``: enough to check the bookkeeping on a tiny world."""
+    return ClosedLoop(
+        controller=lambda s: (s[:, 1, 0] > s[:, 0, 0]).astype(np.int64),
+        reader=lambda f: f.reshape(len(f), -1).mean(1, keepdims=True).astype(np.float64),
+        state_done=lambda s: s[:, 0] > limit,
+    )
+
+
+def test_closed_loop_dreams_end_where_the_read_state_first_crosses_the_bounds() -> None:
+    world = tiny_world()
+    K = world.config.context_frames
+    eps = toy_episodes(n=3, length=12)
+    free = closed_loop_dreams(world, eps, _mean_loop(np.inf), frames=6, n=5, batch=3, seed=1)
+    assert [len(d) for d in free] == [K + 6] * 5 and not any(d.terminated.any() for d in free)
+    peaks = [d.frames[K:].reshape(6, -1).mean(1).max() for d in free]
+    limit = float(np.median(peaks))  # the dreams above it end (at their first crossing), the others not
+    loop = _mean_loop(limit)
+    cut = closed_loop_dreams(world, eps, loop, frames=6, n=5, batch=3, seed=1)
+    assert any(d.terminated[-1] for d in cut) and not all(d.terminated[-1] for d in cut)
+    for d, whole in zip(cut, free):
+        m = len(d) - K
+        np.testing.assert_array_equal(d.frames, whole.frames[: K + m])  # the same dream, cut
+        read = loop.reader(d.frames[K:])
+        crossed = loop.state_done(read)
+        assert not crossed[:-1].any() and bool(crossed[-1]) == bool(d.terminated[-1]) == (m < 6)
+        assert not d.terminated[:-1].any() and d.has_action.all() and not d.free[K:].any()
+        seen = loop.reader(d.frames)  # each action is the controller's on the two frames before it
+        for t in range(K, K + m):
+            assert d.actions[t] == loop.controller(seen[None, [max(t - 2, 0), t - 1]])[0]
+
+
+def test_closed_loop_heads_need_a_reader_and_the_termination_head_alone() -> None:
+    world = tiny_world()
+    eps = toy_episodes(n=4, length=12)
+    cfg = HeadFitConfig(source="dreams", dream_frames=3, dream_rollouts=4, which="termination")
+    cfg.closed_loop, cfg.closed_loop_rollouts, cfg.closed_loop_frames = "mean", 3, 4
+    train, val = heads_episodes(world, cfg, eps[:3], eps[3:], _mean_loop(np.inf))
+    assert len(train) == 4 + 3 and len(val) >= 16  # closed-loop val: at least 16
+    assert all(len(d) == world.config.context_frames + 4 for d in train[4:])
+    for bad in (dict(which="both"), dict(closed_loop_rollouts=0)):
+        with pytest.raises(ValueError, match="heads.which=termination"):
+            heads_episodes(world, dataclasses.replace(cfg, **bad), eps, eps, _mean_loop(np.inf))
+    with pytest.raises(ValueError, match="state reader"):
+        ClosedLoop.of(SimpleNamespace(controllers={}, state_reader=None, state_done=None), "balance")

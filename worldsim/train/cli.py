@@ -53,7 +53,7 @@ from worldsim.train.args import add_arguments
 from worldsim.train.codec_stage import train_codec
 from worldsim.train.compile import resolve as resolve_compile
 from worldsim.train.data import ClipSampler, load_aligned, mirror_episodes, same_game
-from worldsim.train.dreams import heads_episodes
+from worldsim.train.dreams import ClosedLoop, heads_episodes
 from worldsim.train.guidance import GuidanceDistillError, train_guidance
 from worldsim.train.heads import HeadFitConfig, fit_heads
 from worldsim.train.latents import encode_episodes
@@ -303,7 +303,11 @@ def _later_stage(st: _Stage) -> tuple[WorldModel, dict[str, float], dict[str, An
 
 def _heads_stage(st: _Stage, world: WorldModel) -> dict[str, float]:
     """Re-fit the heads on the recordings, or (``heads.source=dreams``) on the world's own dreams of them."""
-    train_eps, val_eps = heads_episodes(world, st.cfg, st.train_eps, st.val_eps)
+    try:
+        loop = ClosedLoop.of(st.world_def, st.cfg.closed_loop) if st.cfg.closed_loop else None
+        train_eps, val_eps = heads_episodes(world, st.cfg, st.train_eps, st.val_eps, loop)
+    except ValueError as e:
+        raise SystemExit(f"worldsim train --stage heads: {e}") from None
     lat_train, lat_val = (encode_episodes(world.codec, e, st.device) for e in (train_eps, val_eps))
     return fit_heads(st.cfg, world.denoiser, lat_train, lat_val, st.device, world.config.context_frames)
 

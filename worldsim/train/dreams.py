@@ -16,11 +16,22 @@ to the recorded end, whichever comes first. It carries the recording's actions, 
 Branch points: every episode that ends gives one whose rollout reaches the end (its distance drawn
 uniformly in 1..dream_frames); as many again are drawn anywhere in any episode (mostly play that
 does not end), so the head also learns where the game goes on.
+
+Closed-loop dreams (``heads.closed_loop``): those dreams are short (``dream_frames`` after a real
+context), and a head fitted on them alone can fire on play longer than any of them: the CartPole
+head of 2026-12-20 ended an agent's balanced dream episodes with the read-off pole within 0.12 rad
+of upright in 13 of 16. So a controller of the world (read states in, actions out) also plays the
+world for up to ``closed_loop_frames`` from recorded states. No recording labels those frames (the
+real game under the same actions would be somewhere else), so the world's own reader does: the
+dream ends at the first frame whose read-off state crosses the game's bounds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,18 +114,123 @@ def dream_episodes(
     return out
 
 
+@dataclass(frozen=True)
+class ClosedLoop:
+    """What plays a closed-loop dream and labels it (a bundled world's definition has all three)."""
+
+    controller: Callable[[np.ndarray], np.ndarray]
+    """(B, 2, K) read states (previous frame, this frame) -> (B,) actions the session takes."""
+    reader: Callable[[np.ndarray], np.ndarray]
+    """(T, H, W, 3) uint8 frames -> (T, K) states (NaN where unreadable)."""
+    state_done: Callable[[np.ndarray], np.ndarray]
+    """(T, K) states -> (T,) bool: the game's bounds are crossed (its episode ends there)."""
+
+    @classmethod
+    def of(cls, world_def: Any, name: str) -> ClosedLoop:
+        """The world definition's controller ``name`` with its reader and bounds; the error names the fix."""
+        have = sorted(getattr(world_def, "controllers", None) or {})
+        if name not in have or world_def.state_reader is None or world_def.state_done is None:
+            raise ValueError(
+                f"heads.closed_loop={name!r} needs a world with a state reader, its bounds and that controller "
+                f"(this one has controllers {have}); leave heads.closed_loop empty for a world without them"
+            )
+        return cls(world_def.controllers[name], world_def.state_reader, world_def.state_done)
+
+
+@torch.inference_mode()
+def closed_loop_dreams(
+    world: WorldModel, eps: list[AlignedEpisode], loop: ClosedLoop, frames: int, n: int, batch: int = 64, seed: int = 0
+) -> list[AlignedEpisode]:
+    """``n`` dreams in which ``loop.controller`` plays the world from recorded states (a random frame
+    of a random episode and the ``context_frames`` before it), each up to ``frames`` frames or its
+    first read-off end (labelled terminated). Rewards hold the start frame's (not labels: only the
+    termination head is fitted on these); the actions are the controller's (not free)."""
+    K = world.config.context_frames
+    rng = np.random.default_rng(seed)
+    ok = [i for i, e in enumerate(eps) if len(e) > K]
+    if frames < 1 or not ok:
+        raise ValueError(f"closed-loop dreams need frames >= 1 and episodes longer than {K} frames")
+    starts = [(i, int(rng.integers(K - 1, len(eps[i]) - 1))) for i in rng.choice(ok, size=n)]
+    out: list[AlignedEpisode] = []
+    for lo in range(0, n, batch):
+        chunk = starts[lo : lo + batch]
+        R = len(chunk)
+        sess = world.session(batch=R, seed=[seed + lo + j for j in range(R)])
+        sess.reset(
+            frames=np.stack([eps[i].frames[b - K + 1 : b + 1] for i, b in chunk]),
+            actions=np.stack([eps[i].actions[b - K + 1 : b + 1] for i, b in chunk]),
+        )
+        prev = loop.reader(np.stack([eps[i].frames[max(b - 1, 0)] for i, b in chunk]))
+        now = loop.reader(np.stack([eps[i].frames[b] for i, b in chunk]))
+        gen, acts, done = [], [], np.zeros((R, frames), bool)
+        for t in range(frames):
+            act = np.asarray(loop.controller(np.stack([prev, now], axis=1)))
+            gen.append(sess.step(act).frames)
+            acts.append(act)
+            prev, now = now, loop.reader(gen[-1])
+            done[:, t] = np.asarray(loop.state_done(now), bool)
+            if done[:, : t + 1].any(1).all():
+                break
+        out += [
+            _closed_episode(eps[i], b, K, np.stack(gen, 1)[j], np.stack(acts, 1)[j], done[j])
+            for j, (i, b) in enumerate(chunk)
+        ]
+        log.info("closed-loop dreams: %d of %d (%d ended)", len(out), n, sum(bool(e.terminated[-1]) for e in out))
+    return out
+
+
+def _closed_episode(
+    e: AlignedEpisode, b: int, K: int, gen: np.ndarray, acts: np.ndarray, done: np.ndarray
+) -> AlignedEpisode:
+    """One closed-loop dream as an episode: the real context, then the dreamed frames up to the first end."""
+    hit = np.flatnonzero(done[: len(gen)])
+    m = int(hit[0]) + 1 if len(hit) else len(gen)
+    ctx = slice(b - K + 1, b + 1)
+    term = np.zeros(K + m, bool)
+    term[-1] = len(hit) > 0
+    assert e.free is not None  # filled in by AlignedEpisode
+    return AlignedEpisode(
+        np.concatenate([e.frames[ctx], gen[:m]]),
+        np.concatenate([e.actions[ctx], acts[:m].astype(e.actions.dtype).reshape(m, *e.actions.shape[1:])]),
+        np.concatenate([e.has_action[ctx], np.ones(m, bool)]),
+        np.concatenate([e.rewards[ctx], np.full(m, e.rewards[b], np.float32)]),
+        term,
+        np.concatenate([e.free[ctx], np.zeros(m, bool)]),
+    )
+
+
 def heads_episodes(
-    world: WorldModel, cfg: HeadFitConfig, train: list[AlignedEpisode], val: list[AlignedEpisode]
+    world: WorldModel,
+    cfg: HeadFitConfig,
+    train: list[AlignedEpisode],
+    val: list[AlignedEpisode],
+    loop: ClosedLoop | None = None,
 ) -> tuple[list[AlignedEpisode], list[AlignedEpisode]]:
     """The (train, val) episodes ``cfg.source`` says to fit the heads on: the recordings as they are,
-    or ``dream_rollouts`` dreams of the train episodes and a tenth as many (at least 64) of val."""
+    or ``dream_rollouts`` dreams of the train episodes and a tenth as many (at least 64) of val; and
+    with ``cfg.closed_loop`` (``loop`` its controller and reader), ``closed_loop_rollouts`` closed-loop
+    dreams of train and a tenth as many (at least 16) of val besides."""
     if cfg.source not in SOURCES:
         raise ValueError(f"heads.source is {' or '.join(map(repr, SOURCES))}, got {cfg.source!r}")
+    if cfg.closed_loop and (loop is None or cfg.which != "termination" or cfg.closed_loop_rollouts < 1):
+        raise ValueError(
+            "heads.closed_loop fits the termination head alone on dreams of a world with a state reader: "
+            "set heads.which=termination and heads.closed_loop_rollouts >= 1"
+        )
     if cfg.source == "recordings":
-        return train, val
-    n_val = max(64, cfg.dream_rollouts // 10)
-    log.info("heads: %d train and %d val dreams of up to %d frames", cfg.dream_rollouts, n_val, cfg.dream_frames)
+        out = (train, val)
+    else:
+        n_val = max(64, cfg.dream_rollouts // 10)
+        log.info("heads: %d train and %d val dreams of up to %d frames", cfg.dream_rollouts, n_val, cfg.dream_frames)
+        out = (
+            dream_episodes(world, train, cfg.dream_frames, cfg.dream_rollouts, cfg.dream_batch, cfg.seed),
+            dream_episodes(world, val, cfg.dream_frames, n_val, cfg.dream_batch, cfg.seed + 1_000_000),
+        )
+    if not cfg.closed_loop or loop is None:
+        return out
+    n, n_val, F = cfg.closed_loop_rollouts, max(16, cfg.closed_loop_rollouts // 10), cfg.closed_loop_frames
+    log.info("heads: %d train and %d val closed-loop dreams (%s) of up to %d frames", n, n_val, cfg.closed_loop, F)
     return (
-        dream_episodes(world, train, cfg.dream_frames, cfg.dream_rollouts, cfg.dream_batch, cfg.seed),
-        dream_episodes(world, val, cfg.dream_frames, n_val, cfg.dream_batch, cfg.seed + 1_000_000),
+        out[0] + closed_loop_dreams(world, train, loop, F, n, cfg.dream_batch, cfg.seed + 2_000_000),
+        out[1] + closed_loop_dreams(world, val, loop, F, n_val, cfg.dream_batch, cfg.seed + 3_000_000),
     )

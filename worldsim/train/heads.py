@@ -65,6 +65,17 @@ class HeadFitConfig:
     """Dreams from the train episodes (val: a tenth as many, at least 64)."""
     dream_batch: int = 64
     """Dreams stepped together in one session."""
+    closed_loop: str = ""
+    """A controller of the world (``WorldDef.controllers``, e.g. CartPole's ``balance``) that also
+    plays the world from recorded states, each dream labelled by the world's own read-off state (an
+    end where the state read off a dreamed frame crosses the game's bounds, ``WorldDef.state_done``):
+    the long balanced play that no recording's short dream reaches, where a head fitted on those
+    alone fired on a pole the world kept upright. "" (default): none. Termination head only
+    (``which = termination``): these dreams have no real reward to learn from."""
+    closed_loop_rollouts: int = 0
+    """Closed-loop dreams from the train episodes (val: a tenth as many, at least 16)."""
+    closed_loop_frames: int = 200
+    """Longest closed-loop dream (frames after the context); one is cut at its read-off end."""
     seed: int = 0
 
 
