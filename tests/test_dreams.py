@@ -98,7 +98,8 @@ def test_closed_loop_dreams_end_where_the_read_state_first_crosses_the_bounds() 
         read = loop.reader(d.frames[K:])
         crossed = loop.state_done(read)
         assert not crossed[:-1].any() and bool(crossed[-1]) == bool(d.terminated[-1]) == (m < 6)
-        assert not d.terminated[:-1].any() and d.has_action.all() and not d.free[K:].any()
+        assert d.free is not None and not d.free[K:].any()
+        assert not d.terminated[:-1].any() and d.has_action.all()
         seen = loop.reader(d.frames)  # each action is the controller's on the two frames before it
         for t in range(K, K + m):
             assert d.actions[t] == loop.controller(seen[None, [max(t - 2, 0), t - 1]])[0]
