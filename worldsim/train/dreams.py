@@ -19,7 +19,7 @@ does not end), so the head also learns where the game goes on.
 
 Closed-loop dreams (``heads.closed_loop``): those dreams are short (``dream_frames`` after a real
 context), and a head fitted on them alone can fire on play longer than any of them: the CartPole
-head of 2026-12-20 ended an agent's balanced dream episodes with the read-off pole within 0.12 rad
+head shipped until 2026-12-23 ended an agent's balanced dream episodes with the read-off pole within 0.12 rad
 of upright in 13 of 16. So a controller of the world (read states in, actions out) also plays the
 world for up to ``closed_loop_frames`` from recorded states. No recording labels those frames (the
 real game under the same actions would be somewhere else), so the world's own reader does: the
@@ -171,10 +171,8 @@ def closed_loop_dreams(
             done[:, t] = np.asarray(loop.state_done(now), bool)
             if done[:, : t + 1].any(1).all():
                 break
-        out += [
-            _closed_episode(eps[i], b, K, np.stack(gen, 1)[j], np.stack(acts, 1)[j], done[j])
-            for j, (i, b) in enumerate(chunk)
-        ]
+        frames_, actions = np.stack(gen, 1), np.stack(acts, 1)  # (R, T, H, W, 3), (R, T, ...)
+        out += [_closed_episode(eps[i], b, K, frames_[j], actions[j], done[j]) for j, (i, b) in enumerate(chunk)]
         log.info("closed-loop dreams: %d of %d (%d ended)", len(out), n, sum(bool(e.terminated[-1]) for e in out))
     return out
 
