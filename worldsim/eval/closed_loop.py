@@ -21,18 +21,15 @@ that falls).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from worldsim.engine.controlled import Controller, Reader, play_controlled
 from worldsim.engine.world import WorldModel
 from worldsim.eval.control import Branches, RealSide, StartState, first_true
-
-Reader = Callable[[np.ndarray], np.ndarray]
-Controller = Callable[[np.ndarray], np.ndarray]
-"""(B, 2, K) read states (previous frame, this frame; NaN where unreadable) -> (B,) canonical actions."""
 
 
 @dataclass
@@ -94,17 +91,9 @@ def world_closed_loop(
     B = len(starts)
     sess = world.session(batch=B, seed=[seed + i for i in range(B)])
     sess.reset(frames=np.stack([st.frames[-K:] for st in starts]), actions=np.stack([st.actions[-K:] for st in starts]))
-    ctx = np.stack([st.frames[-2] if len(st.frames) > 1 else st.frames[-1] for st in starts])
-    prev = np.asarray(reader(ctx), np.float64)
-    frame = np.stack([st.frames[-1] for st in starts])
-    out = np.zeros((B, frames, *frame.shape[1:]), np.uint8)
-    term = np.zeros((B, frames), bool)
-    for t in range(frames):
-        prev, act = _decide(controller, reader, prev, frame)
-        res = sess.step(act)
-        frame = out[:, t] = res.frames
-        term[:, t] = res.terminated
-    return Branches(out, term)
+    before = np.stack([st.frames[-2] if len(st.frames) > 1 else st.frames[-1] for st in starts])
+    play = play_controlled(sess, before, np.stack([st.frames[-1] for st in starts]), controller, reader, frames)
+    return Branches(play.frames, play.terminated)
 
 
 def closed_loop_fidelity(

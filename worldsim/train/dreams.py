@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldsim.engine.controlled import play_controlled
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import AlignedEpisode
 from worldsim.train.heads import SOURCES, HeadFitConfig
@@ -160,18 +161,10 @@ def closed_loop_dreams(
             frames=np.stack([eps[i].frames[b - K + 1 : b + 1] for i, b in chunk]),
             actions=np.stack([eps[i].actions[b - K + 1 : b + 1] for i, b in chunk]),
         )
-        prev = loop.reader(np.stack([eps[i].frames[max(b - 1, 0)] for i, b in chunk]))
-        now = loop.reader(np.stack([eps[i].frames[b] for i, b in chunk]))
-        gen, acts, done = [], [], np.zeros((R, frames), bool)
-        for t in range(frames):
-            act = np.asarray(loop.controller(np.stack([prev, now], axis=1)))
-            gen.append(sess.step(act).frames)
-            acts.append(act)
-            prev, now = now, loop.reader(gen[-1])
-            done[:, t] = np.asarray(loop.state_done(now), bool)
-            if done[:, : t + 1].any(1).all():
-                break
-        frames_, actions = np.stack(gen, 1), np.stack(acts, 1)  # (R, T, H, W, 3), (R, T, ...)
+        before = np.stack([eps[i].frames[max(b - 1, 0)] for i, b in chunk])
+        now = np.stack([eps[i].frames[b] for i, b in chunk])
+        p = play_controlled(sess, before, now, loop.controller, loop.reader, frames, loop.state_done)
+        frames_, actions, done = p.frames, p.actions, p.done  # (R, T, H, W, 3), (R, T, ...), (R, T)
         out += [_closed_episode(eps[i], b, K, frames_[j], actions[j], done[j]) for j, (i, b) in enumerate(chunk)]
         log.info("closed-loop dreams: %d of %d (%d ended)", len(out), n, sum(bool(e.terminated[-1]) for e in out))
     return out

@@ -1,0 +1,67 @@
+"""A controller plays a world session: read the state off each frame, act on it, step.
+
+One loop for everything that lets a controller (read states in, actions out; e.g. CartPole's
+``balance``) drive a world: the closed-loop control benchmark (``worldsim.eval.closed_loop``) and
+the heads stage's closed-loop dreams (``worldsim.train.dreams``). The session is already reset on
+its context; the controller sees, per row, the state read off the frame before and the one it is
+acting on, exactly as it would in the real game.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from worldsim.engine.session import Session
+
+Reader = Callable[[np.ndarray], np.ndarray]
+"""(B, H, W, 3) uint8 frames -> (B, K) read states (NaN where unreadable)."""
+Controller = Callable[[np.ndarray], np.ndarray]
+"""(B, 2, K) read states (previous frame, this frame) -> (B,) canonical actions."""
+
+
+@dataclass
+class ControlledPlay:
+    """What the session produced (T frames: all of them, or fewer when every row crossed ``done``)."""
+
+    frames: np.ndarray  # (B, T, H, W, 3) uint8
+    terminated: np.ndarray  # (B, T) bool: the world's end rule on its termination head
+    actions: np.ndarray  # (B, T, ...) the controller's actions
+    done: np.ndarray  # (B, T) bool: the read state crossed ``done`` (all False without it)
+
+
+@torch.inference_mode()
+def play_controlled(
+    sess: Session,
+    before: np.ndarray,
+    frame: np.ndarray,
+    controller: Controller,
+    reader: Reader,
+    frames: int,
+    done: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> ControlledPlay:
+    """Step a reset ``sess`` (B rows) ``frames`` times with ``controller``'s actions.
+
+    ``before`` and ``frame`` (B, H, W, 3): the last two context frames (the same one twice when the
+    context is one frame). With ``done`` ((B, K) states -> (B,) bool, the game's bounds), stops
+    early once every row's read state has crossed them.
+    """
+    prev = np.asarray(reader(before), np.float64)
+    now = np.asarray(reader(frame), np.float64)
+    gen, term, acts, crossed = [], [], [], []
+    ever = np.zeros(len(frame), bool)
+    for _ in range(frames):
+        act = np.asarray(controller(np.stack([prev, now], axis=1)))
+        res = sess.step(act)
+        gen.append(res.frames)
+        term.append(res.terminated)
+        acts.append(act)
+        prev, now = now, np.asarray(reader(res.frames), np.float64)
+        crossed.append(np.asarray(done(now), bool) if done is not None else np.zeros(len(act), bool))
+        ever |= crossed[-1]
+        if done is not None and ever.all():
+            break
+    return ControlledPlay(np.stack(gen, 1), np.stack(term, 1), np.stack(acts, 1), np.stack(crossed, 1))
