@@ -30,7 +30,7 @@ class ControlledPlay:
     frames: np.ndarray  # (B, T, H, W, 3) uint8
     terminated: np.ndarray  # (B, T) bool: the world's end rule on its termination head
     actions: np.ndarray  # (B, T, ...) the controller's actions
-    done: np.ndarray  # (B, T) bool: the read state crossed ``done`` (all False without it)
+    done: np.ndarray  # (B, T) bool: the row's first crossing of ``done`` (all False without it)
 
 
 @torch.inference_mode()
@@ -46,22 +46,30 @@ def play_controlled(
     """Step a reset ``sess`` (B rows) ``frames`` times with ``controller``'s actions.
 
     ``before`` and ``frame`` (B, H, W, 3): the last two context frames (the same one twice when the
-    context is one frame). With ``done`` ((B, K) states -> (B,) bool, the game's bounds), stops
-    early once every row's read state has crossed them.
+    context is one frame). With ``done`` ((B, K) states -> (B,) bool, the game's bounds), a row
+    stops at its first crossing (later frames repeat its last one, with its last action and no
+    head end) and the loop stops once every row has: only the rows still going are stepped (each
+    row keeps its own noise stream; see ``Session.step``'s ``rows``).
     """
+    B = len(frame)
     prev = np.asarray(reader(before), np.float64)
     now = np.asarray(reader(frame), np.float64)
     gen, term, acts, crossed = [], [], [], []
-    ever = np.zeros(len(frame), bool)
+    going = np.ones(B, bool)
     for _ in range(frames):
-        act = np.asarray(controller(np.stack([prev, now], axis=1)))
-        res = sess.step(act)
-        gen.append(res.frames)
-        term.append(res.terminated)
+        act = np.array(controller(np.stack([prev, now], axis=1)))
+        if acts:
+            act[~going] = acts[-1][~going]
+        rows = np.flatnonzero(going)
+        res = sess.step(act[rows], rows=None if going.all() else rows.tolist())
+        out, ends = (gen[-1] if gen else frame).copy(), np.zeros(B, bool)
+        out[rows], ends[rows] = res.frames, res.terminated
+        gen.append(out)
+        term.append(ends)
         acts.append(act)
-        prev, now = now, np.asarray(reader(res.frames), np.float64)
-        crossed.append(np.asarray(done(now), bool) if done is not None else np.zeros(len(act), bool))
-        ever |= crossed[-1]
-        if done is not None and ever.all():
+        prev, now = now, np.asarray(reader(out), np.float64)
+        crossed.append(np.asarray(done(now), bool) & going if done is not None else np.zeros(B, bool))
+        going &= ~crossed[-1]
+        if not going.any():
             break
     return ControlledPlay(np.stack(gen, 1), np.stack(term, 1), np.stack(acts, 1), np.stack(crossed, 1))
