@@ -54,7 +54,10 @@ def play_controlled(
     B = len(frame)
     prev = np.asarray(reader(before), np.float64)
     now = np.asarray(reader(frame), np.float64)
-    gen, term, acts, crossed = [], [], [], []
+    gen: list[np.ndarray] = []
+    term: list[np.ndarray] = []
+    acts: list[np.ndarray] = []
+    crossed: list[np.ndarray] = []
     going = np.ones(B, bool)
     for _ in range(frames):
         act = np.array(controller(np.stack([prev, now], axis=1)))
