@@ -138,6 +138,16 @@ class ClosedLoop:
         return cls(world_def.controllers[name], world_def.state_reader, world_def.state_done)
 
 
+def closed_loop_starts(eps: list[AlignedEpisode], context: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """``n`` (episode, frame b) starts drawn with replacement: a random episode longer than
+    ``context`` frames, a random frame b with ``context`` frames up to it and one after it."""
+    rng = np.random.default_rng(seed)
+    ok = [i for i, e in enumerate(eps) if len(e) > context]
+    if not ok:
+        raise ValueError(f"closed-loop dreams need episodes longer than {context} frames")
+    return [(i, int(rng.integers(context - 1, len(eps[i]) - 1))) for i in rng.choice(ok, size=n)]
+
+
 @torch.inference_mode()
 def closed_loop_dreams(
     world: WorldModel, eps: list[AlignedEpisode], loop: ClosedLoop, frames: int, n: int, batch: int = 64, seed: int = 0
@@ -147,11 +157,9 @@ def closed_loop_dreams(
     first read-off end (labelled terminated). Rewards hold the start frame's (not labels: only the
     termination head is fitted on these); the actions are the controller's (not free)."""
     K = world.config.context_frames
-    rng = np.random.default_rng(seed)
-    ok = [i for i, e in enumerate(eps) if len(e) > K]
-    if frames < 1 or not ok:
-        raise ValueError(f"closed-loop dreams need frames >= 1 and episodes longer than {K} frames")
-    starts = [(i, int(rng.integers(K - 1, len(eps[i]) - 1))) for i in rng.choice(ok, size=n)]
+    if frames < 1:
+        raise ValueError(f"closed-loop dreams need frames >= 1, got {frames}")
+    starts = closed_loop_starts(eps, K, n, seed)
     out: list[AlignedEpisode] = []
     for lo in range(0, n, batch):
         chunk = starts[lo : lo + batch]
