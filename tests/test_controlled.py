@@ -1,5 +1,5 @@
 """A controller playing a world session (``worldsim.engine.controlled``): rows that cross the game's
-bounds stop there, and the rows still going are the same play as without bounds."""
+bounds stop there, and the rows still going are the same play as without bounds (bit for bit on the tiny world)."""
 
 from __future__ import annotations
 
