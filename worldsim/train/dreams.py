@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from worldsim.engine.controlled import play_controlled
+from worldsim.engine.session import Session
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import AlignedEpisode
 from worldsim.train.heads import SOURCES, HeadFitConfig
@@ -148,6 +149,21 @@ def closed_loop_starts(eps: list[AlignedEpisode], context: int, n: int, seed: in
     return [(i, int(rng.integers(context - 1, len(eps[i]) - 1))) for i in rng.choice(ok, size=n)]
 
 
+def closed_loop_session(
+    world: WorldModel, eps: list[AlignedEpisode], starts: list[tuple[int, int]], seeds: list[int]
+) -> tuple[Session, np.ndarray, np.ndarray]:
+    """A session reset on each start's ``context_frames`` recorded frames (row j: noise seed
+    ``seeds[j]``), and the two frames a controller reads first: (before, now), each (R, H, W, 3)."""
+    K = world.config.context_frames
+    sess = world.session(batch=len(starts), seed=seeds)
+    sess.reset(
+        frames=np.stack([eps[i].frames[b - K + 1 : b + 1] for i, b in starts]),
+        actions=np.stack([eps[i].actions[b - K + 1 : b + 1] for i, b in starts]),
+    )
+    before = np.stack([eps[i].frames[max(b - 1, 0)] for i, b in starts])
+    return sess, before, np.stack([eps[i].frames[b] for i, b in starts])
+
+
 @torch.inference_mode()
 def closed_loop_dreams(
     world: WorldModel, eps: list[AlignedEpisode], loop: ClosedLoop, frames: int, n: int, batch: int = 64, seed: int = 0
@@ -164,13 +180,7 @@ def closed_loop_dreams(
     for lo in range(0, n, batch):
         chunk = starts[lo : lo + batch]
         R = len(chunk)
-        sess = world.session(batch=R, seed=[seed + lo + j for j in range(R)])
-        sess.reset(
-            frames=np.stack([eps[i].frames[b - K + 1 : b + 1] for i, b in chunk]),
-            actions=np.stack([eps[i].actions[b - K + 1 : b + 1] for i, b in chunk]),
-        )
-        before = np.stack([eps[i].frames[max(b - 1, 0)] for i, b in chunk])
-        now = np.stack([eps[i].frames[b] for i, b in chunk])
+        sess, before, now = closed_loop_session(world, eps, chunk, [seed + lo + j for j in range(R)])
         p = play_controlled(sess, before, now, loop.controller, loop.reader, frames, loop.state_done)
         frames_, actions, done = p.frames, p.actions, p.done  # (R, T, H, W, 3), (R, T, ...), (R, T)
         out += [_closed_episode(eps[i], b, K, frames_[j], actions[j], done[j]) for j, (i, b) in enumerate(chunk)]

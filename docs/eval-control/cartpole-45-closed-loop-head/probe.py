@@ -15,7 +15,7 @@ import torch
 from worldsim.engine.controlled import play_controlled
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import load_aligned
-from worldsim.train.dreams import closed_loop_starts
+from worldsim.train.dreams import closed_loop_session, closed_loop_starts
 from worldsim.worlds import get_world
 
 torch.set_num_threads(2)
@@ -24,13 +24,7 @@ world = WorldModel.load(path, device="cpu", dtype=torch.float32, compile=False)
 eps, _ = load_aligned(["data/cartpole"], "val")
 wd, K, T = get_world("cartpole"), world.config.context_frames, 200
 starts = closed_loop_starts(eps, K, 64, seed=0)
-sess = world.session(batch=64, seed=list(range(64)))
-sess.reset(
-    frames=np.stack([eps[i].frames[b - K + 1 : b + 1] for i, b in starts]),
-    actions=np.stack([eps[i].actions[b - K + 1 : b + 1] for i, b in starts]),
-)
-before = np.stack([eps[i].frames[max(b - 1, 0)] for i, b in starts])
-now = np.stack([eps[i].frames[b] for i, b in starts])
+sess, before, now = closed_loop_session(world, eps, starts, list(range(64)))
 play = play_controlled(sess, before, now, wd.controllers["balance"], wd.state_reader, T)
 
 

@@ -10,7 +10,7 @@ import torch
 from worldsim.engine.controlled import play_controlled
 from worldsim.engine.world import WorldModel
 from worldsim.train.data import load_aligned
-from worldsim.train.dreams import ClosedLoop, closed_loop_dreams, closed_loop_starts
+from worldsim.train.dreams import ClosedLoop, closed_loop_dreams, closed_loop_session, closed_loop_starts
 from worldsim.worlds import get_world
 
 torch.set_num_threads(2)
@@ -19,19 +19,8 @@ eps, _ = load_aligned(["data/cartpole"], "val")
 wd, K, T = get_world("cartpole"), world.config.context_frames, 200
 starts = closed_loop_starts(eps, K, 64, seed=0)
 t0 = time.perf_counter()
-sess = world.session(batch=64, seed=list(range(64)))
-sess.reset(
-    frames=np.stack([eps[i].frames[b - K + 1 : b + 1] for i, b in starts]),
-    actions=np.stack([eps[i].actions[b - K + 1 : b + 1] for i, b in starts]),
-)
-play = play_controlled(
-    sess,
-    np.stack([eps[i].frames[max(b - 1, 0)] for i, b in starts]),
-    np.stack([eps[i].frames[b] for i, b in starts]),
-    wd.controllers["balance"],
-    wd.state_reader,
-    T,
-)
+sess, before, now = closed_loop_session(world, eps, starts, list(range(64)))
+play = play_controlled(sess, before, now, wd.controllers["balance"], wd.state_reader, T)
 t_all = time.perf_counter() - t0
 t0 = time.perf_counter()
 dreams = closed_loop_dreams(world, eps, ClosedLoop.of(wd, "balance"), T, 64, 64, seed=0)
